@@ -1,0 +1,325 @@
+//! Typed configuration, parsed once before any port is bound. A bad value is reported
+//! by its variable and flag name, never by its value (it may be a secret).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::ServeArgs;
+use crate::password::Cost;
+use crate::secret::Secret;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `tokend serve` needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// API listener (default 127.0.0.1:8080).
+    pub listen: SocketAddr,
+    /// Metrics listener (default 127.0.0.1:9091).
+    pub metrics_listen: SocketAddr,
+    /// Redis URL; `None` selects the embedded store.
+    pub redis_url: Option<Secret>,
+    /// Upper bound on one Redis command (default 500 ms).
+    pub redis_timeout: Duration,
+    /// Redis connections (default 4).
+    pub redis_pool_size: usize,
+    /// `iss` claim (default `tokend`).
+    pub issuer: String,
+    /// `aud` claim (default `tokend`).
+    pub audience: String,
+    /// Access token lifetime (default 10 min).
+    pub access_ttl: Duration,
+    /// Session idle lifetime (default 7 days).
+    pub session_idle_ttl: Duration,
+    /// Session absolute lifetime (default 30 days).
+    pub session_max_ttl: Duration,
+    /// Grace window of a rotated refresh token (default 10 s).
+    pub refresh_grace: Duration,
+    /// Keyring file; `None` generates an ephemeral key.
+    pub keys: Option<PathBuf>,
+    /// Whether registration is open (default true).
+    pub registration_open: bool,
+    /// argon2id cost.
+    pub argon2: Cost,
+    /// Concurrent password hashes.
+    pub hash_concurrency: usize,
+    /// Log filter directive.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Drain timeout at shutdown (default 10 s).
+    pub shutdown_timeout: Duration,
+}
+
+/// A setting that failed validation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {var} (--{flag}): {expected}")]
+pub struct ConfigError {
+    /// Environment variable name.
+    pub var: &'static str,
+    /// Flag name without dashes.
+    pub flag: &'static str,
+    /// What a valid value looks like.
+    pub expected: &'static str,
+}
+
+/// Longest duration any setting accepts: ten years.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses `600` (seconds) or a duration with units: `10m`, `30s`, `7d`, `1h 30m`.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let d = if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(raw.parse().ok()?)
+    } else {
+        humantime::parse_duration(raw).ok()?
+    };
+    (d <= MAX_DURATION).then_some(d)
+}
+
+fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+struct Field<'a> {
+    value: Option<&'a str>,
+    var: &'static str,
+    flag: &'static str,
+}
+
+impl Field<'_> {
+    fn err(&self, expected: &'static str) -> ConfigError {
+        ConfigError {
+            var: self.var,
+            flag: self.flag,
+            expected,
+        }
+    }
+
+    fn duration(&self, default: Duration, allow_zero: bool) -> Result<Duration, ConfigError> {
+        let Some(raw) = self.value else {
+            return Ok(default);
+        };
+        match parse_duration(raw) {
+            Some(d) if allow_zero || !d.is_zero() => Ok(d),
+            _ => Err(self
+                .err("whole seconds or a duration like 10m or 30s, above zero, at most 10 years")),
+        }
+    }
+
+    fn addr(&self, default: &str) -> Result<SocketAddr, ConfigError> {
+        self.value
+            .unwrap_or(default)
+            .parse()
+            .map_err(|_| self.err("an IP address and port, like 127.0.0.1:8080"))
+    }
+
+    fn number(
+        &self,
+        default: u32,
+        min: u32,
+        max: u32,
+        expected: &'static str,
+    ) -> Result<u32, ConfigError> {
+        let Some(raw) = self.value else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.err(expected)),
+        }
+    }
+
+    fn text(&self, default: &str) -> Result<String, ConfigError> {
+        let v = self.value.unwrap_or(default);
+        if v.is_empty() || v.len() > 256 {
+            return Err(self.err("non-empty text of at most 256 bytes"));
+        }
+        Ok(v.to_owned())
+    }
+}
+
+macro_rules! field {
+    ($args:ident . $name:ident, $var:literal) => {
+        Field {
+            value: $args.$name.as_deref(),
+            var: $var,
+            flag: stringify!($name),
+        }
+    };
+}
+
+impl Config {
+    /// Validates the command-line and environment settings.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let redis = field!(args.redis_url, "TOKEND_REDIS_URL");
+        let redis_url = match redis.value {
+            None => None,
+            Some(url)
+                if ["redis://", "redis-cluster://", "redis-sentinel://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                    && fred::prelude::Config::from_url(url).is_ok() =>
+            {
+                Some(Secret::new(url))
+            }
+            Some(_) => {
+                return Err(redis.err(
+                    "a Redis URL like redis://127.0.0.1:6379 or redis://:password@host:6379/0",
+                ));
+            }
+        };
+        let registration = field!(args.registration, "TOKEND_REGISTRATION");
+        let registration_open = match registration.value.unwrap_or("open") {
+            "open" => true,
+            "closed" => false,
+            _ => return Err(registration.err("open or closed")),
+        };
+        let log_format = field!(args.log_format, "TOKEND_LOG_FORMAT");
+        let log_format = match log_format.value.unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(log_format.err("text or json")),
+        };
+        let log = field!(args.log, "TOKEND_LOG");
+        let log_filter = log.text("info")?;
+        if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
+            return Err(log.err("a log filter like info or tokend=debug,info"));
+        }
+        let keys = match &args.keys {
+            Some(p) if p.as_os_str().is_empty() => None,
+            other => other.clone(),
+        };
+
+        Ok(Self {
+            listen: field!(args.listen, "TOKEND_LISTEN").addr("127.0.0.1:8080")?,
+            metrics_listen: field!(args.metrics_listen, "TOKEND_METRICS_LISTEN")
+                .addr("127.0.0.1:9091")?,
+            redis_url,
+            redis_timeout: field!(args.redis_timeout, "TOKEND_REDIS_TIMEOUT")
+                .duration(Duration::from_millis(500), false)?,
+            redis_pool_size: field!(args.redis_pool_size, "TOKEND_REDIS_POOL_SIZE").number(
+                4,
+                1,
+                64,
+                "a whole number from 1 to 64",
+            )? as usize,
+            issuer: field!(args.issuer, "TOKEND_ISSUER").text("tokend")?,
+            audience: field!(args.audience, "TOKEND_AUDIENCE").text("tokend")?,
+            access_ttl: field!(args.access_ttl, "TOKEND_ACCESS_TTL")
+                .duration(Duration::from_secs(600), false)?,
+            session_idle_ttl: field!(args.session_idle_ttl, "TOKEND_SESSION_IDLE_TTL")
+                .duration(Duration::from_secs(7 * 24 * 3600), false)?,
+            session_max_ttl: field!(args.session_max_ttl, "TOKEND_SESSION_MAX_TTL")
+                .duration(Duration::from_secs(30 * 24 * 3600), false)?,
+            refresh_grace: field!(args.refresh_grace, "TOKEND_REFRESH_GRACE")
+                .duration(Duration::from_secs(10), true)?,
+            keys,
+            registration_open,
+            argon2: Cost {
+                memory_kib: field!(args.argon2_memory_kib, "TOKEND_ARGON2_MEMORY_KIB").number(
+                    Cost::default().memory_kib,
+                    8,
+                    4 * 1024 * 1024,
+                    "KiB from 8 to 4194304",
+                )?,
+                iterations: field!(args.argon2_iterations, "TOKEND_ARGON2_ITERATIONS").number(
+                    Cost::default().iterations,
+                    1,
+                    100,
+                    "a whole number from 1 to 100",
+                )?,
+                parallelism: 1,
+            },
+            hash_concurrency: field!(args.hash_concurrency, "TOKEND_HASH_CONCURRENCY").number(
+                u32::try_from(default_hash_concurrency()).unwrap_or(1),
+                1,
+                1024,
+                "a whole number from 1 to 1024",
+            )? as usize,
+            log: log_filter,
+            log_format,
+            shutdown_timeout: field!(args.shutdown_timeout, "TOKEND_SHUTDOWN_TIMEOUT")
+                .duration(Duration::from_secs(10), true)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_units() {
+        assert_eq!(parse_duration("600"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        for bad in ["", "ten", "10x", "-5", "99999999999999999999", "100y"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_serve_a_local_trial() {
+        let c = Config::from_args(&ServeArgs::default()).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:9091");
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.access_ttl, Duration::from_secs(600));
+        assert_eq!(c.session_idle_ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(c.session_max_ttl, Duration::from_secs(30 * 86400));
+        assert_eq!(c.refresh_grace, Duration::from_secs(10));
+        assert!(c.registration_open);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_hide_the_value() {
+        let args = ServeArgs {
+            access_ttl: Some("ten minutes please".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::from_args(&args)
+            .expect_err("bad duration")
+            .to_string();
+        assert!(err.contains("TOKEND_ACCESS_TTL"), "{err}");
+        assert!(!err.contains("ten minutes"), "{err}");
+
+        let args = ServeArgs {
+            redis_url: Some("http://user:s3cret-pw@host".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::from_args(&args).expect_err("bad url").to_string();
+        assert!(err.contains("TOKEND_REDIS_URL"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn zero_grace_is_allowed_but_zero_lifetimes_are_not() {
+        let args = ServeArgs {
+            refresh_grace: Some("0".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Config::from_args(&args).expect("valid").refresh_grace,
+            Duration::ZERO
+        );
+        let args = ServeArgs {
+            access_ttl: Some("0".into()),
+            ..ServeArgs::default()
+        };
+        assert!(Config::from_args(&args).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! The HTTP API of the contract in `docs/openapi.yaml`. This module translates between
+//! HTTP and the lifecycle; it holds no session logic. Routes:
+//!
+//! | route | handler |
+//! | --- | --- |
+//! | `POST /v1/users` | [`handlers::users_create`] |
+//! | `POST /v1/auth/login` | [`handlers::auth_login`] |
+//! | `POST /v1/auth/refresh` | [`handlers::auth_refresh`] |
+//! | `POST /v1/auth/logout` | [`handlers::auth_logout`] |
+//! | `POST /v1/auth/logout-all` | [`handlers::auth_logout_all`] |
+//! | `POST /v1/auth/password` | [`handlers::auth_password`] |
+//! | `GET /v1/sessions` | [`handlers::sessions_list`] |
+//! | `DELETE /v1/sessions/{session_id}` | [`handlers::sessions_delete`] |
+//! | `GET /.well-known/jwks.json` | [`handlers::jwks_get`] |
+//! | `GET /healthz`, `GET /readyz` | [`handlers::healthz`], [`handlers::readyz`] |
+//!
+//! `/metrics` is served by [`metrics_app`] on its own listener.
+
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod observe;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::lifecycle::Lifecycle;
+use crate::token::access::Jwks;
+
+/// Shared state of the API; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The session lifecycle.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Pre-serialized JWKS.
+    pub jwks: Arc<Jwks>,
+}
+
+/// The API router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/users", post(handlers::users_create))
+        .route("/v1/auth/login", post(handlers::auth_login))
+        .route("/v1/auth/refresh", post(handlers::auth_refresh))
+        .route("/v1/auth/logout", post(handlers::auth_logout))
+        .route("/v1/auth/logout-all", post(handlers::auth_logout_all))
+        .route("/v1/auth/password", post(handlers::auth_password))
+        .route("/v1/sessions", get(handlers::sessions_list))
+        .route(
+            "/v1/sessions/{session_id}",
+            delete(handlers::sessions_delete),
+        )
+        .route("/.well-known/jwks.json", get(handlers::jwks_get))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(observe::observe))
+        .with_state(state)
+}
+
+/// The metrics router, for the separate metrics listener.
+pub fn metrics_app(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}

@@ -1,0 +1,365 @@
+//! Route handlers: parse the request, call the lifecycle, shape the response.
+
+use axum::Json;
+use axum::extract::{FromRequestParts as _, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum_extra::extract::CookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Caller, ClientInfo, JsonBody, OptionalJsonBody, bearer};
+use crate::clock::rfc3339;
+use crate::lifecycle::{ClientMeta, Issued};
+use crate::secret::Secret;
+use crate::store::SessionStore as _;
+
+/// Name of the refresh-token cookie in cookie transport.
+pub const REFRESH_COOKIE: &str = "__Secure-tokend_refresh";
+/// Header a cookie-authenticated request must carry (a custom header forces a CORS
+/// preflight cross-site, which is the CSRF defence).
+pub const CSRF_HEADER: &str = "x-requested-with";
+/// The value [`CSRF_HEADER`] must have.
+pub const CSRF_VALUE: &str = "tokend";
+
+/// Body of `POST /v1/users`.
+#[derive(Deserialize)]
+pub struct RegisterRequest {
+    email: String,
+    password: Secret,
+}
+
+/// Where the refresh token travels.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// In the JSON body (mobile and server clients).
+    #[default]
+    Body,
+    /// In an HttpOnly cookie (browsers).
+    Cookie,
+}
+
+/// Body of `POST /v1/auth/login`.
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    email: String,
+    password: Secret,
+    device: Option<String>,
+    #[serde(default)]
+    transport: Transport,
+}
+
+/// Body of refresh, logout and logout-all.
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    refresh_token: Option<Secret>,
+}
+
+/// Body of `POST /v1/auth/password`.
+#[derive(Deserialize)]
+pub struct PasswordRequest {
+    current_password: Secret,
+    new_password: Secret,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    refresh_expires_in: u64,
+    session_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct SessionJson {
+    session_id: String,
+    device: Option<String>,
+    user_agent: Option<String>,
+    ip: Option<String>,
+    created_at: String,
+    last_used_at: String,
+    expires_at: String,
+    current: bool,
+}
+
+fn refresh_cookie(value: String, max_age_secs: u64) -> Cookie<'static> {
+    Cookie::build((REFRESH_COOKIE, value))
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Strict)
+        .path("/v1/auth")
+        .max_age(time::Duration::seconds(
+            i64::try_from(max_age_secs).unwrap_or(i64::MAX),
+        ))
+        .build()
+}
+
+fn cleared_cookie() -> Cookie<'static> {
+    refresh_cookie(String::new(), 0)
+}
+
+/// The token response; in cookie transport the refresh token goes into the cookie.
+fn token_response(issued: &Issued, transport: Transport, jar: CookieJar) -> Response {
+    let refresh = issued.refresh_token.encode();
+    let (refresh_in_body, jar) = match transport {
+        Transport::Body => (Some(refresh), jar),
+        Transport::Cookie => (
+            None,
+            jar.add(refresh_cookie(refresh, issued.refresh_expires_in)),
+        ),
+    };
+    let body = TokenResponse {
+        access_token: &issued.access_token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        refresh_token: refresh_in_body,
+        refresh_expires_in: issued.refresh_expires_in,
+        session_id: issued.session_id.as_str(),
+    };
+    let mut response = (jar, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The refresh token of a request: from the body, else from the cookie (which needs
+/// the anti-CSRF header).
+fn presented_token(
+    body: Option<TokenRequest>,
+    jar: &CookieJar,
+    headers: &HeaderMap,
+) -> Result<Option<(String, Transport)>, ApiError> {
+    if let Some(token) = body.and_then(|b| b.refresh_token) {
+        return Ok(Some((token.expose().to_owned(), Transport::Body)));
+    }
+    let Some(cookie) = jar.get(REFRESH_COOKIE) else {
+        return Ok(None);
+    };
+    let csrf_ok = headers
+        .get(CSRF_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(CSRF_VALUE.as_bytes()));
+    if !csrf_ok {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(Some((cookie.value().to_owned(), Transport::Cookie)))
+}
+
+/// `POST /v1/users`: registers a user.
+///
+/// Rejects a bad email or a password outside 8..=1024 bytes (400), a registered
+/// email (409), and answers 404 when registration is closed.
+pub async fn users_create(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    let user_id = state.lifecycle.register(&req.email, &req.password).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "user_id": user_id })),
+    )
+        .into_response())
+}
+
+/// `POST /v1/auth/login`: checks the password and opens a session.
+///
+/// Rejects unknown email and wrong password alike (401 `invalid_credentials`).
+pub async fn auth_login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    jar: CookieJar,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let meta = ClientMeta {
+        device: req.device,
+        user_agent: client.user_agent,
+        ip: client.ip,
+    };
+    let issued = state
+        .lifecycle
+        .login(&req.email, &req.password, meta)
+        .await?;
+    Ok(token_response(&issued, req.transport, jar))
+}
+
+/// `POST /v1/auth/refresh`: rotates the refresh token and issues a new access token.
+///
+/// Rejects a missing token (400), an invalid one (401 `invalid_token`), a replay after
+/// the grace window (401 `token_reused`), and a cookie without the CSRF header (403).
+pub async fn auth_refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    jar: CookieJar,
+    OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
+) -> Result<Response, ApiError> {
+    let (token, transport) = presented_token(body, &jar, &headers)?
+        .ok_or_else(|| ApiError::InvalidRequest("missing field `refresh_token`".to_owned()))?;
+    let issued = state.lifecycle.refresh(&token).await?;
+    Ok(token_response(&issued, transport, jar))
+}
+
+/// `POST /v1/auth/logout`: ends the refresh token's session; 204 even when the token
+/// is unknown. Always clears the cookie.
+pub async fn auth_logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    jar: CookieJar,
+    OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
+) -> Result<Response, ApiError> {
+    if let Some((token, _)) = presented_token(body, &jar, &headers)? {
+        state.lifecycle.logout(&token).await?;
+    }
+    Ok((StatusCode::NO_CONTENT, jar.add(cleared_cookie())).into_response())
+}
+
+/// `POST /v1/auth/logout-all`: ends every session of the user identified by a refresh
+/// token (body or cookie) or a bearer access token.
+pub async fn auth_logout_all(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let jar = CookieJar::from_headers(&parts.headers);
+    let has_bearer = bearer(&parts).is_some();
+    let caller = if has_bearer {
+        Some(Caller::from_request_parts(&mut parts, &state).await?)
+    } else {
+        None
+    };
+    let req = Request::from_parts(parts, body);
+    let headers = req.headers().clone();
+    let OptionalJsonBody(body) = <OptionalJsonBody<TokenRequest> as axum::extract::FromRequest<
+        _,
+    >>::from_request(req, &state)
+    .await?;
+    let body_token = body.and_then(|b| b.refresh_token);
+
+    match (body_token, caller) {
+        (Some(token), _) => {
+            state
+                .lifecycle
+                .logout_all_by_refresh(token.expose())
+                .await?;
+        }
+        (None, Some(Caller(claims))) => {
+            state.lifecycle.logout_all(&claims).await?;
+        }
+        (None, None) => {
+            let (token, _) =
+                presented_token(None, &jar, &headers)?.ok_or(ApiError::InvalidToken)?;
+            state.lifecycle.logout_all_by_refresh(&token).await?;
+        }
+    }
+    Ok((StatusCode::NO_CONTENT, jar.add(cleared_cookie())).into_response())
+}
+
+/// `GET /v1/sessions`: the caller's live sessions, newest first.
+pub async fn sessions_list(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+) -> Result<Response, ApiError> {
+    let sessions: Vec<SessionJson> = state
+        .lifecycle
+        .sessions(&claims)
+        .await?
+        .into_iter()
+        .map(|v| SessionJson {
+            session_id: v.record.session_id.as_str().to_owned(),
+            device: v.record.device,
+            user_agent: v.record.user_agent,
+            ip: v.record.ip,
+            created_at: rfc3339(v.record.created_at_ms),
+            last_used_at: rfc3339(v.record.last_used_at_ms),
+            expires_at: rfc3339(v.record.expires_at_ms),
+            current: v.current,
+        })
+        .collect();
+    let mut response = Json(serde_json::json!({ "sessions": sessions })).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `DELETE /v1/sessions/{session_id}`: revokes one of the caller's sessions; 404 for
+/// a session that is not theirs or no longer live.
+pub async fn sessions_delete(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.lifecycle.revoke(&claims, &session_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/auth/password`: changes the password and revokes every session.
+///
+/// Rejects a wrong current password (401 `invalid_credentials`) and a new password
+/// outside 8..=1024 bytes (400).
+pub async fn auth_password(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    JsonBody(req): JsonBody<PasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .lifecycle
+        .change_password(&claims, &req.current_password, &req.new_password)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /.well-known/jwks.json`: the public keys, cacheable, 304 on a matching
+/// `If-None-Match`.
+pub async fn jwks_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let jwks = &state.jwks;
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == jwks.etag);
+    let etag = HeaderValue::from_str(&jwks.etag).expect("the etag is quoted hex");
+    let cache = HeaderValue::from_static("public, max-age=300");
+    if matches {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache)],
+        )
+            .into_response();
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache),
+        ],
+        jwks.body.clone(),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: 200 while the process runs.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 when the session store answers, else 503 `unavailable`.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.lifecycle.store().ping().await?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+/// Any other route or method: 404 `not_found`.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

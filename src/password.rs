@@ -1,0 +1,216 @@
+//! Password hashing with argon2id, run on tokio's blocking threads behind a semaphore,
+//! so a burst of logins queues here instead of starving the async workers that serve
+//! refreshes.
+
+use std::sync::Arc;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
+use tokio::sync::Semaphore;
+
+use crate::secret::Secret;
+
+/// Shortest accepted password, in bytes.
+pub const MIN_LEN: usize = 8;
+/// Longest accepted password, in bytes; bounds the hashing work one request can ask for.
+pub const MAX_LEN: usize = 1024;
+
+/// argon2id cost parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// Memory, KiB (default 19456, the OWASP minimum for argon2id).
+    pub memory_kib: u32,
+    /// Passes over memory (default 2).
+    pub iterations: u32,
+    /// Lanes (default 1).
+    pub parallelism: u32,
+}
+
+impl Default for Cost {
+    fn default() -> Self {
+        Self {
+            memory_kib: Params::DEFAULT_M_COST,
+            iterations: Params::DEFAULT_T_COST,
+            parallelism: Params::DEFAULT_P_COST,
+        }
+    }
+}
+
+/// Why a password operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// The password is shorter than [`MIN_LEN`] or longer than [`MAX_LEN`] bytes.
+    #[error("password must be {MIN_LEN} to {MAX_LEN} bytes")]
+    Length,
+    /// The cost parameters are out of argon2's range.
+    #[error("invalid argon2 parameters: {0}")]
+    Params(String),
+    /// The blocking pool is gone (shutting down).
+    #[error("password hashing pool unavailable")]
+    PoolClosed,
+}
+
+/// Hashes and verifies passwords on a bounded pool.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    /// A real hash of a random password, verified against when the email is unknown
+    /// so that unknown and known emails cost the same.
+    dummy_hash: Arc<str>,
+}
+
+impl std::fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordHasher")
+            .field("params", &self.params)
+            .field("available_permits", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+fn argon2(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+fn hash_blocking(params: &Params, password: &[u8]) -> String {
+    let rng = ring::rand::SystemRandom::new();
+    let salt: [u8; 16] = ring::rand::generate(&rng)
+        .expect("the system random source does not fail once initialised")
+        .expose();
+    argon2(params)
+        .hash_password_with_salt(password, &salt)
+        .expect("argon2 accepts any password up to MAX_LEN with validated params")
+        .to_string()
+}
+
+impl PasswordHasher {
+    /// A hasher with `cost`, running at most `concurrency` hashes at once.
+    ///
+    /// # Errors
+    /// [`PasswordError::Params`] if argon2 refuses the cost parameters.
+    pub fn new(cost: Cost, concurrency: usize) -> Result<Self, PasswordError> {
+        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            .map_err(|e| PasswordError::Params(e.to_string()))?;
+        let rng = ring::rand::SystemRandom::new();
+        let dummy: [u8; 32] = ring::rand::generate(&rng)
+            .expect("the system random source does not fail once initialised")
+            .expose();
+        let dummy_hash = hash_blocking(&params, &dummy).into();
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy_hash,
+        })
+    }
+
+    /// Checks the length rule of the HTTP contract.
+    ///
+    /// # Errors
+    /// [`PasswordError::Length`] outside [`MIN_LEN`]..=[`MAX_LEN`] bytes.
+    pub fn check_policy(password: &Secret) -> Result<(), PasswordError> {
+        let len = password.expose().len();
+        if (MIN_LEN..=MAX_LEN).contains(&len) {
+            Ok(())
+        } else {
+            Err(PasswordError::Length)
+        }
+    }
+
+    /// Hashes a password (PHC string).
+    ///
+    /// # Errors
+    /// [`PasswordError::PoolClosed`] while shutting down.
+    pub async fn hash(&self, password: &Secret) -> Result<String, PasswordError> {
+        let params = self.params.clone();
+        let password = password.clone();
+        self.run(move || hash_blocking(&params, password.expose().as_bytes()))
+            .await
+    }
+
+    /// Whether `password` matches `hash`; with `hash` absent, verifies against a dummy
+    /// hash and answers `false`, costing the same as a real check.
+    ///
+    /// # Errors
+    /// [`PasswordError::PoolClosed`] while shutting down.
+    pub async fn verify(
+        &self,
+        password: &Secret,
+        hash: Option<&str>,
+    ) -> Result<bool, PasswordError> {
+        let known = hash.is_some();
+        let hash: Arc<str> = hash.map_or_else(|| self.dummy_hash.clone(), Arc::from);
+        let password = password.clone();
+        let params = self.params.clone();
+        let matches = self
+            .run(move || {
+                argon2(&params)
+                    .verify_password(password.expose().as_bytes(), &*hash)
+                    .is_ok()
+            })
+            .await?;
+        Ok(known && matches)
+    }
+
+    /// Hashes waiting for or holding a permit right now.
+    pub fn available_permits(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::PoolClosed)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| PasswordError::PoolClosed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> PasswordHasher {
+        PasswordHasher::new(
+            Cost {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+            2,
+        )
+        .expect("valid params")
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_and_are_argon2id() {
+        let hasher = cheap();
+        let pw = Secret::new("correct horse battery");
+        let hash = hasher.hash(&pw).await.expect("hash");
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(!hash.contains("correct horse"));
+        assert!(hasher.verify(&pw, Some(&hash)).await.expect("verify"));
+        let wrong = Secret::new("wrong horse battery");
+        assert!(!hasher.verify(&wrong, Some(&hash)).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn unknown_user_never_verifies() {
+        let hasher = cheap();
+        let pw = Secret::new("anything at all");
+        assert!(!hasher.verify(&pw, None).await.expect("verify"));
+    }
+
+    #[test]
+    fn length_policy_counts_bytes() {
+        assert!(PasswordHasher::check_policy(&Secret::new("1234567")).is_err());
+        assert!(PasswordHasher::check_policy(&Secret::new("12345678")).is_ok());
+        assert!(PasswordHasher::check_policy(&Secret::new("é".repeat(512))).is_ok());
+        assert!(PasswordHasher::check_policy(&Secret::new("é".repeat(513))).is_err());
+    }
+}

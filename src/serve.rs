@@ -1,0 +1,199 @@
+//! Builds the running service from a [`Config`] and serves it until SIGTERM or
+//! Ctrl-C, then drains in-flight requests within the shutdown timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::lifecycle::{Lifecycle, Policy};
+use crate::password::PasswordHasher;
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisSettings, RedisStore};
+use crate::token::access::{AccessSigner, AccessVerifier, Jwks};
+use crate::token::keyring::Keyring;
+use crate::token::refresh::TokenHasher;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The keyring file is unusable.
+    #[error("TOKEND_KEYS: {0}")]
+    Keyring(#[from] crate::token::keyring::KeyringError),
+    /// The Redis URL is unusable.
+    #[error(transparent)]
+    Redis(#[from] crate::store::redis::InvalidRedisUrl),
+    /// argon2 refused the cost settings.
+    #[error("TOKEND_ARGON2_*: {0}")]
+    Password(#[from] crate::password::PasswordError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+/// Builds the app state (keyring, store, lifecycle) from configuration.
+///
+/// # Errors
+/// [`StartError`] for an unusable keyring, Redis URL or argon2 setting.
+pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, StartError> {
+    let rng = ring::rand::SystemRandom::new();
+    let keyring = match &config.keys {
+        Some(path) => Keyring::load(path)?,
+        None => {
+            tracing::warn!(
+                "TOKEND_KEYS is not set: generated a throwaway signing key; tokens will not \
+                 survive a restart and other instances cannot verify them"
+            );
+            Keyring::ephemeral(&rng)
+        }
+    };
+    let keyring = Arc::new(keyring);
+    metrics::gauge!(crate::metrics::KEYRING_KEYS).set(keyring.keys().len() as f64);
+
+    let store = match &config.redis_url {
+        Some(url) => {
+            let redis = RedisStore::connect(&RedisSettings {
+                url: url.clone(),
+                command_timeout: config.redis_timeout,
+                pool_size: config.redis_pool_size,
+            })?;
+            if !redis.wait_connected(Duration::from_secs(2)).await {
+                tracing::warn!("Redis is not reachable yet; serving 503 until it is");
+            }
+            Store::Redis(redis)
+        }
+        None => {
+            let memory = MemoryStore::new(clock.clone());
+            memory.spawn_sweeper(Duration::from_secs(60));
+            Store::Memory(memory)
+        }
+    };
+
+    let lifecycle = Lifecycle::new(
+        store,
+        PasswordHasher::new(config.argon2, config.hash_concurrency)?,
+        TokenHasher::new(keyring.token_secret()),
+        AccessSigner::new(
+            keyring.clone(),
+            &config.issuer,
+            &config.audience,
+            config.access_ttl.as_secs(),
+        ),
+        AccessVerifier::new(&keyring, &config.issuer, &config.audience),
+        clock,
+        Policy {
+            idle_ttl: config.session_idle_ttl.min(config.session_max_ttl),
+            max_ttl: config.session_max_ttl,
+            refresh_grace: config.refresh_grace,
+            registration_open: config.registration_open,
+        },
+    );
+    tracing::info!(
+        store = lifecycle.store().kind(),
+        signing_kid = %keyring.signing_key().kid,
+        published_keys = keyring.keys().len(),
+        issuer = %config.issuer,
+        audience = %config.audience,
+        access_ttl_s = config.access_ttl.as_secs(),
+        idle_ttl_s = config.session_idle_ttl.as_secs(),
+        max_ttl_s = config.session_max_ttl.as_secs(),
+        grace_ms = config.refresh_grace.as_millis() as u64,
+        registration_open = config.registration_open,
+        "configured"
+    );
+    Ok(AppState {
+        jwks: Arc::new(Jwks::new(&keyring)),
+        lifecycle: Arc::new(lifecycle),
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Serves the API and metrics listeners until a shutdown signal, then drains.
+///
+/// # Errors
+/// [`StartError`] if the state cannot be built or a port cannot be bound.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let handle = crate::metrics::install().map_err(StartError::Metrics)?;
+    let state = build_state(&config, Clock::System).await?;
+    let api = bind(config.listen).await?;
+    let metrics = bind(config.metrics_listen).await?;
+    tracing::info!(
+        api = %api.local_addr().map_or(config.listen, |a| a),
+        metrics = %metrics.local_addr().map_or(config.metrics_listen, |a| a),
+        "listening"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let mut metrics_stop = stop_rx;
+    let api_server = axum::serve(
+        api,
+        http::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    });
+    let metrics_server =
+        axum::serve(metrics, http::metrics_app(handle)).with_graceful_shutdown(async move {
+            let _ = metrics_stop.wait_for(|s| *s).await;
+        });
+    let api_task = tokio::spawn(async move { api_server.await });
+    let metrics_task = tokio::spawn(async move { metrics_server.await });
+
+    shutdown_signal().await;
+    tracing::info!(
+        drain_timeout_s = config.shutdown_timeout.as_secs(),
+        "shutting down: no new connections, finishing in-flight requests"
+    );
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        let _ = api_task.await;
+        let _ = metrics_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timeout passed with requests still in flight; exiting");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

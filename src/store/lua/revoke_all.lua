@@ -1,0 +1,17 @@
+-- Revokes every session of a user. KEYS[1] index. ARGV[1] session key prefix.
+-- With KEYS[2] (a session hash) and ARGV[2], ARGV[3] (presented and successor token
+-- hashes), first checks that the presented token is that session's current token or
+-- its predecessor, and returns -1 without revoking anything if not.
+-- Returns how many sessions were live.
+if KEYS[2] then
+  local current = redis.call('HGET', KEYS[2], 'h')
+  if not current or (current ~= ARGV[2] and current ~= ARGV[3]) then
+    return -1
+  end
+end
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  n = n + redis.call('DEL', ARGV[1] .. id)
+end
+redis.call('DEL', KEYS[1])
+return n

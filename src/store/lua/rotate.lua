@@ -1,0 +1,36 @@
+-- Rotates a session's refresh token. Returns {code, ...}:
+--   {1, expires_at}  rotated: presented was current, successor is now current
+--   {2, expires_at}  replayed within the grace window: successor stays current
+--   {3}              reuse after the grace window: session revoked
+--   {4, current}     presented is neither current nor its predecessor
+--   {0}              no such session
+-- KEYS[1] session hash, KEYS[2] user's session index
+-- ARGV: 1 presented hash, 2 successor hash, 3 now ms, 4 idle ms, 5 grace ms, 6 session id
+local s = redis.call('HMGET', KEYS[1], 'h', 'r', 'l', 'x')
+local current = s[1]
+if not current then
+  return {0}
+end
+local now = tonumber(ARGV[3])
+local idle = tonumber(ARGV[4])
+local absolute = tonumber(s[4])
+if current == ARGV[1] then
+  local expires = math.min(now + idle, absolute)
+  if expires <= now then
+    redis.call('DEL', KEYS[1])
+    redis.call('ZREM', KEYS[2], ARGV[6])
+    return {0}
+  end
+  redis.call('HSET', KEYS[1], 'h', ARGV[2], 'r', ARGV[3], 'l', ARGV[3])
+  redis.call('PEXPIREAT', KEYS[1], expires)
+  return {1, expires}
+end
+if current == ARGV[2] then
+  if now - tonumber(s[2]) < tonumber(ARGV[5]) then
+    return {2, math.min(tonumber(s[3]) + idle, absolute)}
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[6])
+  return {3}
+end
+return {4, current}

@@ -1,0 +1,13 @@
+-- Replaces a user's password hash and revokes all their sessions.
+-- KEYS[1] user hash, KEYS[2] index. ARGV: 1 new password hash, 2 session key prefix.
+-- Returns -1 if the user does not exist, else how many sessions were live.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+redis.call('HSET', KEYS[1], 'p', ARGV[1])
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  n = n + redis.call('DEL', ARGV[2] .. id)
+end
+redis.call('DEL', KEYS[2])
+return n

@@ -1,0 +1,480 @@
+//! The Redis store, through fred. Every key of one user's sessions carries the hash
+//! tag `{u:<user id>}`, so each lifecycle script touches a single Cluster slot:
+//!
+//! | key | type | TTL |
+//! | --- | --- | --- |
+//! | `tokend:{u:<uid>}:s:<sid>` | hash: `h` token hash, `r` rotated ms, `c` created ms, `l` last used ms, `x` absolute end ms, `d` device, `a` user agent, `i` ip | the session's end |
+//! | `tokend:{u:<uid>}:sessions` | sorted set of session ids by creation ms | latest absolute end |
+//! | `tokend:{u:<uid>}:user` | hash: `e` email, `p` argon2id hash | none |
+//! | `tokend:{e:<blake3(email)>}` | string: user id | none |
+//!
+//! Scripts are sent by SHA and reloaded on `NOSCRIPT`.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+use super::{
+    NewSession, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError, StoreResult,
+    UserRecord,
+};
+use crate::ids::{SessionId, UserId};
+use crate::secret::Secret;
+use crate::token::refresh::TokenHash;
+
+/// Connection settings for [`RedisStore::connect`].
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`; may hold a password.
+    pub url: Secret,
+    /// Upper bound on one command, queueing during a reconnect included.
+    pub command_timeout: Duration,
+    /// Number of multiplexed connections.
+    pub pool_size: usize,
+}
+
+struct Scripts {
+    create_session: Script,
+    rotate: Script,
+    revoke_by_token: Script,
+    revoke_session: Script,
+    revoke_all: Script,
+    set_password: Script,
+    list_sessions: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            create_session: Script::from_lua(include_str!("lua/create_session.lua")),
+            rotate: Script::from_lua(include_str!("lua/rotate.lua")),
+            revoke_by_token: Script::from_lua(include_str!("lua/revoke_by_token.lua")),
+            revoke_session: Script::from_lua(include_str!("lua/revoke_session.lua")),
+            revoke_all: Script::from_lua(include_str!("lua/revoke_all.lua")),
+            set_password: Script::from_lua(include_str!("lua/set_password.lua")),
+            list_sessions: Script::from_lua(include_str!("lua/list_sessions.lua")),
+        }
+    }
+}
+
+/// Sessions and users in Redis.
+pub struct RedisStore {
+    pool: Pool,
+    scripts: Scripts,
+}
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("TOKEND_REDIS_URL is not a valid Redis URL (expected redis://host:port)")]
+pub struct InvalidRedisUrl;
+
+fn session_key(user: &UserId, session: &SessionId) -> String {
+    format!("tokend:{{u:{user}}}:s:{session}")
+}
+
+fn session_prefix(user: &UserId) -> String {
+    format!("tokend:{{u:{user}}}:s:")
+}
+
+fn index_key(user: &UserId) -> String {
+    format!("tokend:{{u:{user}}}:sessions")
+}
+
+fn user_key(user: &UserId) -> String {
+    format!("tokend:{{u:{user}}}:user")
+}
+
+fn email_key(email: &str) -> String {
+    format!(
+        "tokend:{{e:{}}}",
+        &blake3::hash(email.as_bytes()).to_hex()[..32]
+    )
+}
+
+fn unavailable_or_protocol(e: Error) -> StoreError {
+    match e.kind() {
+        ErrorKind::Timeout
+        | ErrorKind::IO
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Cluster
+        | ErrorKind::Routing
+        | ErrorKind::Sentinel
+        | ErrorKind::Auth => StoreError::Unavailable(e.to_string()),
+        _ if is_transient_reply(e.details()) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Protocol(e.to_string()),
+    }
+}
+
+/// Server replies that mean "not now" rather than "wrong".
+fn is_transient_reply(details: &str) -> bool {
+    [
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "READONLY",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "OOM",
+    ]
+    .iter()
+    .any(|p| details.starts_with(p))
+}
+
+fn bytes(h: &TokenHash) -> Value {
+    Value::Bytes(bytes::Bytes::copy_from_slice(&h.0))
+}
+
+fn int(v: u64) -> Value {
+    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn protocol(what: &str) -> StoreError {
+    StoreError::Protocol(format!("unexpected reply to {what}"))
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Integer(i) => u64::try_from(*i).ok(),
+        Value::String(s) => s.parse().ok(),
+        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_opt_string(v: &Value) -> Option<String> {
+    let s = match v {
+        Value::String(s) => s.to_string(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => return None,
+    };
+    (!s.is_empty()).then_some(s)
+}
+
+impl RedisStore {
+    /// Builds the client pool and starts connecting in the background; returns
+    /// without waiting, so tokend starts (not ready) while Redis is down.
+    ///
+    /// # Errors
+    /// [`InvalidRedisUrl`] if the URL cannot be parsed; the message never includes it.
+    pub fn connect(settings: &RedisSettings) -> Result<Self, InvalidRedisUrl> {
+        let mut config = Config::from_url(settings.url.expose()).map_err(|_| InvalidRedisUrl)?;
+        // Keep retrying the first connection instead of failing start-up.
+        config.fail_fast = false;
+        let timeout = settings.command_timeout;
+        let pool = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout.max(Duration::from_millis(250));
+                c.internal_command_timeout = timeout.max(Duration::from_millis(250));
+                // A command cut off by a dropped connection fails (the caller answers
+                // 503 and the client retries) rather than being replayed blindly.
+                c.max_command_attempts = 1;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build_pool(settings.pool_size.max(1))
+            .map_err(|_| InvalidRedisUrl)?;
+        pool.connect_pool();
+        Ok(Self {
+            pool,
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// Waits up to `timeout` for the first connection; `false` if it did not come.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.pool.wait_for_connect())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The underlying client pool, for tests and diagnostics.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn run<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> StoreResult<R> {
+        script
+            .evalsha_with_reload(self.pool.next(), keys, args)
+            .await
+            .map_err(unavailable_or_protocol)
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn insert_user(&self, user: &UserRecord) -> StoreResult<bool> {
+        // The user record first, then the email claim: a crash in between leaves an
+        // unreachable record, never an email that points nowhere.
+        let key = user_key(&user.id);
+        let client = self.pool.next();
+        client
+            .hset::<(), _, _>(
+                &key,
+                [
+                    ("e", user.email.as_str()),
+                    ("p", user.password_hash.as_str()),
+                ],
+            )
+            .await
+            .map_err(unavailable_or_protocol)?;
+        let claimed: Option<String> = client
+            .set(
+                email_key(&user.email),
+                user.id.as_str(),
+                None,
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(unavailable_or_protocol)?;
+        if claimed.is_none() {
+            client
+                .del::<(), _>(&key)
+                .await
+                .map_err(unavailable_or_protocol)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let id: Option<String> = self
+            .pool
+            .next()
+            .get(email_key(email))
+            .await
+            .map_err(unavailable_or_protocol)?;
+        match id.as_deref().and_then(UserId::parse) {
+            Some(id) => self.user_by_id(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {
+        let (email, hash): (Option<String>, Option<String>) = self
+            .pool
+            .next()
+            .hmget(user_key(id), vec!["e", "p"])
+            .await
+            .map_err(unavailable_or_protocol)?;
+        Ok(email.zip(hash).map(|(email, password_hash)| UserRecord {
+            id: id.clone(),
+            email,
+            password_hash,
+        }))
+    }
+
+    async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
+        let keys = vec![
+            session_key(&s.user_id, &s.session_id),
+            index_key(&s.user_id),
+        ];
+        let opt = |v: &Option<String>| Value::from(v.as_deref().unwrap_or(""));
+        let args = vec![
+            Value::from(s.session_id.as_str()),
+            bytes(&s.token_hash),
+            int(s.now_ms),
+            int(s.expires_at_ms),
+            int(s.absolute_expires_at_ms),
+            opt(&s.device),
+            opt(&s.user_agent),
+            opt(&s.ip),
+            Value::from(session_prefix(&s.user_id)),
+        ];
+        self.run::<i64>(&self.scripts.create_session, keys, args)
+            .await
+            .map(drop)
+    }
+
+    async fn rotate(&self, r: &Rotation<'_>) -> StoreResult<RotateOutcome> {
+        let keys = vec![session_key(r.user_id, r.session_id), index_key(r.user_id)];
+        let args = vec![
+            bytes(&r.presented),
+            bytes(&r.successor),
+            int(r.now_ms),
+            int(r.idle_ms),
+            int(r.grace_ms),
+            Value::from(r.session_id.as_str()),
+        ];
+        let reply: Vec<Value> = self.run(&self.scripts.rotate, keys, args).await?;
+        let expires = || {
+            reply
+                .get(1)
+                .and_then(as_u64)
+                .ok_or_else(|| protocol("rotate"))
+        };
+        match reply.first().and_then(as_u64) {
+            Some(0) => Ok(RotateOutcome::Unknown),
+            Some(1) => Ok(RotateOutcome::Rotated {
+                expires_at_ms: expires()?,
+            }),
+            Some(2) => Ok(RotateOutcome::Replayed {
+                expires_at_ms: expires()?,
+            }),
+            Some(3) => Ok(RotateOutcome::Reused),
+            Some(4) => match reply.get(1) {
+                Some(Value::Bytes(b)) => <[u8; 32]>::try_from(b.as_ref())
+                    .map(|current| RotateOutcome::Superseded {
+                        current: TokenHash(current),
+                    })
+                    .map_err(|_| protocol("rotate")),
+                _ => Err(protocol("rotate")),
+            },
+            _ => Err(protocol("rotate")),
+        }
+    }
+
+    async fn revoke_by_token(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        presented: TokenHash,
+        successor: TokenHash,
+    ) -> StoreResult<bool> {
+        let keys = vec![session_key(user, session), index_key(user)];
+        let args = vec![
+            bytes(&presented),
+            bytes(&successor),
+            Value::from(session.as_str()),
+        ];
+        let n: i64 = self.run(&self.scripts.revoke_by_token, keys, args).await?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_session(&self, user: &UserId, session: &SessionId) -> StoreResult<bool> {
+        let keys = vec![session_key(user, session), index_key(user)];
+        let n: i64 = self
+            .run(
+                &self.scripts.revoke_session,
+                keys,
+                vec![Value::from(session.as_str())],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_all(&self, user: &UserId) -> StoreResult<u64> {
+        let n: i64 = self
+            .run(
+                &self.scripts.revoke_all,
+                vec![index_key(user)],
+                vec![Value::from(session_prefix(user))],
+            )
+            .await?;
+        u64::try_from(n).map_err(|_| protocol("revoke_all"))
+    }
+
+    async fn revoke_all_by_token(
+        &self,
+        user: &UserId,
+        session: &SessionId,
+        presented: TokenHash,
+        successor: TokenHash,
+    ) -> StoreResult<Option<u64>> {
+        let n: i64 = self
+            .run(
+                &self.scripts.revoke_all,
+                vec![index_key(user), session_key(user, session)],
+                vec![
+                    Value::from(session_prefix(user)),
+                    bytes(&presented),
+                    bytes(&successor),
+                ],
+            )
+            .await?;
+        Ok(u64::try_from(n).ok())
+    }
+
+    async fn list_sessions(&self, user: &UserId, _now_ms: u64) -> StoreResult<Vec<SessionRecord>> {
+        let rows: Vec<Vec<Value>> = self
+            .run(
+                &self.scripts.list_sessions,
+                vec![index_key(user)],
+                vec![Value::from(session_prefix(user))],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let field = |i: usize| row.get(i).ok_or_else(|| protocol("list_sessions"));
+                let number = |i: usize| {
+                    field(i)
+                        .map(as_u64)?
+                        .ok_or_else(|| protocol("list_sessions"))
+                };
+                Ok(SessionRecord {
+                    session_id: as_opt_string(field(0)?)
+                        .as_deref()
+                        .and_then(SessionId::parse)
+                        .ok_or_else(|| protocol("list_sessions"))?,
+                    created_at_ms: number(1)?,
+                    last_used_at_ms: number(2)?,
+                    device: as_opt_string(field(3)?),
+                    user_agent: as_opt_string(field(4)?),
+                    ip: as_opt_string(field(5)?),
+                    expires_at_ms: number(6)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_password_and_revoke_all(
+        &self,
+        user: &UserId,
+        password_hash: &str,
+    ) -> StoreResult<Option<u64>> {
+        let n: i64 = self
+            .run(
+                &self.scripts.set_password,
+                vec![user_key(user), index_key(user)],
+                vec![
+                    Value::from(password_hash),
+                    Value::from(session_prefix(user)),
+                ],
+            )
+            .await?;
+        Ok(u64::try_from(n).ok())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.pool
+            .next()
+            .ping::<()>(None)
+            .await
+            .map_err(unavailable_or_protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_user_shares_one_hash_tag() {
+        let rng = ring::rand::SystemRandom::new();
+        let user = UserId::generate(&rng);
+        let session = SessionId::generate(&rng);
+        let tag = format!("{{u:{user}}}");
+        for key in [
+            session_key(&user, &session),
+            index_key(&user),
+            user_key(&user),
+        ] {
+            assert!(key.contains(&tag), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "{key}");
+        }
+        assert!(session_key(&user, &session).starts_with(&session_prefix(&user)));
+    }
+
+    #[test]
+    fn email_keys_hold_no_plaintext_address() {
+        let key = email_key("alice@example.com");
+        assert!(!key.contains("alice"));
+        assert_eq!(key, email_key("alice@example.com"));
+    }
+}
