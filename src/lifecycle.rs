@@ -242,12 +242,9 @@ impl Lifecycle {
                 "device must be at most {MAX_DEVICE_LEN} bytes"
             )));
         }
-        // A malformed email or a password outside the length rule cannot belong to an
-        // account; it still costs one verification so it is no faster to probe.
-        let user = match Email::parse(email) {
-            Ok(email) => self.store.user_by_email(email.as_str()).await?,
-            Err(_) => None,
-        };
+        let email =
+            Email::parse(email).map_err(|e| LifecycleError::InvalidRequest(e.to_string()))?;
+        let user = self.store.user_by_email(email.as_str()).await?;
         let ok = self
             .passwords
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))

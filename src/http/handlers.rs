@@ -205,17 +205,23 @@ pub async fn auth_refresh(
 }
 
 /// `POST /v1/auth/logout`: ends the refresh token's session; 204 even when the token
-/// is unknown. Always clears the cookie.
-pub async fn auth_logout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    jar: CookieJar,
-    OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
-) -> Result<Response, ApiError> {
-    if let Some((token, _)) = presented_token(body, &jar, &headers)? {
-        state.lifecycle.logout(&token).await?;
+/// is unknown. Every answer, errors included, clears the cookie.
+pub async fn auth_logout(State(state): State<AppState>, req: Request) -> Response {
+    let jar = CookieJar::from_headers(req.headers());
+    let headers = req.headers().clone();
+    let outcome = async {
+        let OptionalJsonBody(body) =
+            <OptionalJsonBody<TokenRequest> as axum::extract::FromRequest<_>>::from_request(
+                req, &state,
+            )
+            .await?;
+        if let Some((token, _)) = presented_token(body, &jar, &headers)? {
+            state.lifecycle.logout(&token).await?;
+        }
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT)
     }
-    Ok((StatusCode::NO_CONTENT, jar.add(cleared_cookie())).into_response())
+    .await;
+    (jar.clone().add(cleared_cookie()), outcome).into_response()
 }
 
 /// `POST /v1/auth/logout-all`: ends every session of the user identified by a refresh

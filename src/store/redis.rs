@@ -130,6 +130,14 @@ fn int(v: u64) -> Value {
     Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
+fn hash_from(raw: &[u8]) -> StoreResult<RotateOutcome> {
+    <[u8; 32]>::try_from(raw)
+        .map(|current| RotateOutcome::Superseded {
+            current: TokenHash(current),
+        })
+        .map_err(|_| protocol("rotate"))
+}
+
 fn protocol(what: &str) -> StoreError {
     StoreError::Protocol(format!("unexpected reply to {what}"))
 }
@@ -318,12 +326,10 @@ impl SessionStore for RedisStore {
                 expires_at_ms: expires()?,
             }),
             Some(3) => Ok(RotateOutcome::Reused),
+            // A hash that happens to be valid UTF-8 arrives as a string.
             Some(4) => match reply.get(1) {
-                Some(Value::Bytes(b)) => <[u8; 32]>::try_from(b.as_ref())
-                    .map(|current| RotateOutcome::Superseded {
-                        current: TokenHash(current),
-                    })
-                    .map_err(|_| protocol("rotate")),
+                Some(Value::Bytes(b)) => hash_from(b),
+                Some(Value::String(s)) => hash_from(s.as_bytes()),
                 _ => Err(protocol("rotate")),
             },
             _ => Err(protocol("rotate")),

@@ -1,0 +1,809 @@
+//! The HTTP contract, end to end over loopback, against both stores: each case runs
+//! once on the embedded store and once on a private `redis-server`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, RedisServer, TestApp, Tokens, test_args};
+use serde_json::json;
+use tokend::cli::ServeArgs;
+
+/// A running app plus the Redis server it uses, if any (kept alive for the test).
+struct Env {
+    app: TestApp,
+    _redis: Option<RedisServer>,
+}
+
+async fn env_with(backend: &str, tweak: impl FnOnce(&mut ServeArgs)) -> Env {
+    let (redis, backend) = match backend {
+        "memory" => (None, Backend::Memory),
+        _ => {
+            let r = RedisServer::any();
+            let url = r.url.clone();
+            (Some(r), Backend::Redis(url))
+        }
+    };
+    let mut args = test_args(&backend);
+    tweak(&mut args);
+    Env {
+        app: TestApp::start(args).await,
+        _redis: redis,
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("memory").await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("redis").await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    login_issues_tokens_that_verify_against_the_served_jwks,
+    registration_refuses_bad_input_with_contract_codes,
+    closed_registration_answers_not_found,
+    login_answers_unknown_email_and_wrong_password_alike,
+    refresh_rotates_and_a_lost_response_retry_gets_the_same_successor,
+    a_rotation_chain_of_fifty_refreshes_works,
+    eight_parallel_refreshes_share_one_successor_that_keeps_working,
+    replay_after_the_grace_window_revokes_the_session,
+    replay_of_an_older_token_revokes_the_session,
+    zero_grace_treats_any_replay_as_reuse,
+    a_forged_token_for_a_real_session_cannot_revoke_it,
+    refresh_refuses_malformed_and_missing_tokens,
+    logout_needs_no_access_token_and_is_idempotent,
+    logout_all_by_refresh_token_ends_three_devices,
+    logout_all_by_access_token_ends_every_session,
+    logout_all_refuses_unidentified_callers,
+    sessions_are_listed_newest_first_with_the_current_one_marked,
+    a_user_can_revoke_their_own_other_device,
+    another_users_session_is_not_revocable,
+    password_change_revokes_every_session,
+    bearer_endpoints_refuse_missing_and_bad_tokens,
+    jwks_is_cacheable_and_answers_not_modified,
+    health_readiness_and_unknown_routes,
+    tokens_in_the_url_are_refused,
+    cookie_transport_keeps_the_refresh_token_out_of_the_body,
+);
+
+async fn login_issues_tokens_that_verify_against_the_served_jwks(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let email = format!("New.User-{}@Example.COM", common::unique());
+    let r = app
+        .post(
+            "/v1/users",
+            json!({"email": email, "password": "long enough pw"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let user_id = r.body["user_id"].as_str().expect("user_id").to_owned();
+
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email.to_lowercase(), "password": "long enough pw", "device": "phone"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["token_type"], "Bearer");
+    assert_eq!(r.body["expires_in"], 600);
+    assert_eq!(r.body["refresh_expires_in"], 7 * 24 * 3600);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let tokens = Tokens::from(&r.body);
+
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .http
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("jwks json");
+    let header = jsonwebtoken::decode_header(&tokens.access).expect("header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("kid in jwks");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_issuer(&["https://tokend.test"]);
+    validation.set_audience(&["test-api"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&tokens.access, &key, &validation)
+        .expect("verifies")
+        .claims;
+    assert_eq!(claims["sub"], user_id.as_str());
+    assert_eq!(claims["sid"], tokens.session_id.as_str());
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    assert_eq!(
+        claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"),
+        600
+    );
+}
+
+async fn registration_refuses_bad_input_with_contract_codes(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, _) = app.user().await;
+
+    let r = app
+        .post(
+            "/v1/users",
+            json!({"email": email.to_uppercase(), "password": "another pw 1"}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (409, "conflict"));
+
+    let cases = [
+        json!({"email": "not-an-email", "password": "long enough pw"}),
+        json!({"email": "x@example.com", "password": "short"}),
+        json!({"email": "x@example.com", "password": "a".repeat(1025)}),
+        json!({"email": "x@example.com"}),
+        json!({"email": "x@example.com", "password": 12345678}),
+        json!(["not", "an", "object"]),
+    ];
+    for body in cases {
+        let r = app.post("/v1/users", body.clone()).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{body}");
+        assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(!r.body.to_string().contains("12345678"), "password echoed");
+    }
+
+    let r = common::Reply::read(
+        app.http
+            .post(app.url("/v1/users"))
+            .header("content-type", "application/json")
+            .body("{\"email\": ")
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+
+    let big = json!({"email": "x@example.com", "password": "p".repeat(20 * 1024)});
+    let r = app.post("/v1/users", big).await;
+    assert_eq!((r.status, r.code()), (413, "payload_too_large"));
+}
+
+async fn closed_registration_answers_not_found(backend: &str) {
+    let env = env_with(backend, |a| a.registration = Some("closed".into())).await;
+    let r = env
+        .app
+        .post(
+            "/v1/users",
+            json!({"email": "a@example.com", "password": "long enough pw"}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+}
+
+async fn login_answers_unknown_email_and_wrong_password_alike(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+
+    let unknown = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": "nobody@example.com", "password": password}),
+        )
+        .await;
+    let wrong = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": "wrong password"}),
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (401, "invalid_credentials")
+    );
+    assert_eq!(unknown.body, wrong.body);
+    assert_eq!(unknown.status, wrong.status);
+
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password, "device": "d".repeat(200)}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    let r = app.post("/v1/auth/login", json!({"email": email})).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": "not-an-email", "password": password}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+}
+
+async fn refresh_rotates_and_a_lost_response_retry_gets_the_same_successor(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let first = app.login(&email, &password, "laptop").await;
+
+    let r = app.refresh(&first.refresh).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = Tokens::from(&r.body);
+    assert_ne!(second.refresh, first.refresh);
+    assert_ne!(second.access, first.access);
+    assert_eq!(second.session_id, first.session_id);
+
+    // The response was "lost": the client retries with the token it still holds.
+    let retry = app.refresh(&first.refresh).await;
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    assert_eq!(Tokens::from(&retry.body).refresh, second.refresh);
+
+    let r = app.refresh(&second.refresh).await;
+    assert_eq!(r.status, 200);
+    assert_ne!(Tokens::from(&r.body).refresh, second.refresh);
+}
+
+async fn a_rotation_chain_of_fifty_refreshes_works(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let mut tokens = app.login(&email, &password, "laptop").await;
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..50 {
+        let r = app.refresh(&tokens.refresh).await;
+        assert_eq!(r.status, 200, "refresh {i}: {}", r.body);
+        tokens = Tokens::from(&r.body);
+        assert!(
+            seen.insert(tokens.refresh.clone()),
+            "refresh token repeated at {i}"
+        );
+    }
+    let r = app.get_bearer("/v1/sessions", &tokens.access).await;
+    assert_eq!(r.body["sessions"].as_array().map(Vec::len), Some(1));
+}
+
+async fn eight_parallel_refreshes_share_one_successor_that_keeps_working(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let tokens = app.login(&email, &password, "laptop").await;
+
+    let racers = (0..8).map(|_| app.refresh(&tokens.refresh));
+    let replies = futures::future::join_all(racers).await;
+    let successors: std::collections::HashSet<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.body);
+            Tokens::from(&r.body).refresh
+        })
+        .collect();
+    assert_eq!(successors.len(), 1, "the session forked");
+    let successor = successors.into_iter().next().expect("one");
+
+    let r = app.refresh(&successor).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app
+        .get_bearer("/v1/sessions", &Tokens::from(&r.body).access)
+        .await;
+    assert_eq!(r.body["sessions"].as_array().map(Vec::len), Some(1));
+}
+
+async fn replay_after_the_grace_window_revokes_the_session(backend: &str) {
+    let env = env_with(backend, |a| a.refresh_grace = Some("300ms".into())).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let first = app.login(&email, &password, "laptop").await;
+    let other_device = app.login(&email, &password, "phone").await;
+    let second = Tokens::from(&app.refresh(&first.refresh).await.body);
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let r = app.refresh(&first.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "token_reused"));
+
+    let r = app.refresh(&second.refresh).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (401, "invalid_token"),
+        "the thief's token died too"
+    );
+    let r = app.get_bearer("/v1/sessions", &other_device.access).await;
+    let ids: Vec<&str> = r.body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["session_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![other_device.session_id.as_str()],
+        "only that session ended"
+    );
+}
+
+async fn replay_of_an_older_token_revokes_the_session(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let a = app.login(&email, &password, "laptop").await;
+    let b = Tokens::from(&app.refresh(&a.refresh).await.body);
+    let c = Tokens::from(&app.refresh(&b.refresh).await.body);
+    let d = Tokens::from(&app.refresh(&c.refresh).await.body);
+
+    // `a` is three rotations old: no grace window applies, this is theft.
+    let r = app.refresh(&a.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "token_reused"));
+    let r = app.refresh(&d.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+}
+
+async fn zero_grace_treats_any_replay_as_reuse(backend: &str) {
+    let env = env_with(backend, |a| a.refresh_grace = Some("0".into())).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let a = app.login(&email, &password, "laptop").await;
+    let b = Tokens::from(&app.refresh(&a.refresh).await.body);
+    let r = app.refresh(&a.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "token_reused"));
+    let r = app.refresh(&b.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+}
+
+async fn a_forged_token_for_a_real_session_cannot_revoke_it(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let a = app.login(&email, &password, "laptop").await;
+    let b = Tokens::from(&app.refresh(&a.refresh).await.body);
+
+    // Same user and session ids (both visible in the access token), invented secret.
+    let (prefix, _) = b.refresh.rsplit_once('.').expect("four parts");
+    let forged = format!("{prefix}.{}", "A".repeat(43));
+    let r = app.refresh(&forged).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    let r = app
+        .post("/v1/auth/logout", json!({"refresh_token": forged}))
+        .await;
+    assert_eq!(r.status, 204);
+
+    let r = app.refresh(&b.refresh).await;
+    assert_eq!(r.status, 200, "the real session survived: {}", r.body);
+}
+
+async fn refresh_refuses_malformed_and_missing_tokens(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    for bad in [
+        "",
+        "garbage",
+        "v1.a.b.c",
+        "eyJhbGciOiJFZERTQSJ9.e30.c2ln",
+        &"x".repeat(5000),
+    ] {
+        let r = app.refresh(bad).await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"), "{bad:.20}");
+    }
+    let r = app.post("/v1/auth/refresh", json!({})).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    let r = app
+        .post("/v1/auth/refresh", json!({"refresh_token": 42}))
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    let r = common::Reply::read(app.http.post(app.url("/v1/auth/refresh")).send().await).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+}
+
+async fn logout_needs_no_access_token_and_is_idempotent(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let laptop = app.login(&email, &password, "laptop").await;
+    let phone = app.login(&email, &password, "phone").await;
+
+    for _ in 0..2 {
+        let r = app
+            .post("/v1/auth/logout", json!({"refresh_token": laptop.refresh}))
+            .await;
+        assert_eq!(r.status, 204);
+        assert!(
+            r.header("set-cookie")
+                .is_some_and(|c| c.contains("Max-Age=0"))
+        );
+    }
+    let r = app
+        .post("/v1/auth/logout", json!({"refresh_token": "nonsense"}))
+        .await;
+    assert_eq!(r.status, 204);
+
+    let r = app.refresh(&laptop.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    let r = app.refresh(&phone.refresh).await;
+    assert_eq!(r.status, 200, "the other device stays logged in");
+}
+
+async fn logout_all_by_refresh_token_ends_three_devices(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let devices = [
+        app.login(&email, &password, "laptop").await,
+        app.login(&email, &password, "phone").await,
+        app.login(&email, &password, "tablet").await,
+    ];
+    let (other_email, other_password) = app.user().await;
+    let bystander = app.login(&other_email, &other_password, "laptop").await;
+
+    let r = app
+        .post(
+            "/v1/auth/logout-all",
+            json!({"refresh_token": devices[1].refresh}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    for d in &devices {
+        let r = app.refresh(&d.refresh).await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    }
+    let r = app.get_bearer("/v1/sessions", &devices[0].access).await;
+    assert_eq!(r.body["sessions"], json!([]));
+    assert_eq!(app.refresh(&bystander.refresh).await.status, 200);
+}
+
+async fn logout_all_by_access_token_ends_every_session(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let a = app.login(&email, &password, "laptop").await;
+    let b = app.login(&email, &password, "phone").await;
+    let r = app
+        .post_bearer("/v1/auth/logout-all", &a.access, None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(app.refresh(&a.refresh).await.status, 401);
+    assert_eq!(app.refresh(&b.refresh).await.status, 401);
+}
+
+async fn logout_all_refuses_unidentified_callers(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let a = app.login(&email, &password, "laptop").await;
+    let r = app
+        .post("/v1/auth/logout-all", json!({"refresh_token": "v1.nope"}))
+        .await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    let r = app.post("/v1/auth/logout-all", json!({})).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    let r = app
+        .post_bearer("/v1/auth/logout-all", "not.a.jwt", None)
+        .await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    assert_eq!(
+        app.refresh(&a.refresh).await.status,
+        200,
+        "nothing was revoked"
+    );
+}
+
+async fn sessions_are_listed_newest_first_with_the_current_one_marked(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let mut made = Vec::new();
+    for device in ["laptop", "phone", "tablet"] {
+        made.push(app.login(&email, &password, device).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = app.get_bearer("/v1/sessions", &made[1].access).await;
+    assert_eq!(r.status, 200);
+    let sessions = r.body["sessions"].as_array().expect("array");
+    let ids: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["session_id"].as_str())
+        .collect();
+    let expected: Vec<&str> = made.iter().rev().map(|t| t.session_id.as_str()).collect();
+    assert_eq!(ids, expected, "newest first");
+    let current: Vec<bool> = sessions.iter().map(|s| s["current"] == true).collect();
+    assert_eq!(current, vec![false, true, false]);
+    let phone = &sessions[1];
+    assert_eq!(phone["device"], "phone");
+    assert_eq!(phone["ip"], "127.0.0.1");
+    for field in ["created_at", "last_used_at", "expires_at"] {
+        let text = phone[field].as_str().expect(field);
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| panic!("{field} is RFC 3339: {text}"));
+    }
+}
+
+async fn a_user_can_revoke_their_own_other_device(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let laptop = app.login(&email, &password, "laptop").await;
+    let phone = app.login(&email, &password, "phone").await;
+    let path = format!("/v1/sessions/{}", phone.session_id);
+    let r = app.delete_bearer(&path, &laptop.access).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(app.refresh(&phone.refresh).await.status, 401);
+    assert_eq!(app.refresh(&laptop.refresh).await.status, 200);
+    let r = app.delete_bearer(&path, &laptop.access).await;
+    assert_eq!((r.status, r.code()), (404, "not_found"), "already gone");
+    let r = app
+        .delete_bearer("/v1/sessions/not-an-id", &laptop.access)
+        .await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+}
+
+async fn another_users_session_is_not_revocable(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (alice, alice_pw) = app.user().await;
+    let (mallory, mallory_pw) = app.user().await;
+    let victim = app.login(&alice, &alice_pw, "laptop").await;
+    let attacker = app.login(&mallory, &mallory_pw, "laptop").await;
+    let r = app
+        .delete_bearer(
+            &format!("/v1/sessions/{}", victim.session_id),
+            &attacker.access,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    assert_eq!(app.refresh(&victim.refresh).await.status, 200);
+}
+
+async fn password_change_revokes_every_session(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let a = app.login(&email, &password, "laptop").await;
+    let b = app.login(&email, &password, "phone").await;
+
+    let r = app
+        .post_bearer(
+            "/v1/auth/password",
+            &a.access,
+            Some(json!({"current_password": "wrong password", "new_password": "a new password"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (401, "invalid_credentials"));
+    let r = app
+        .post_bearer(
+            "/v1/auth/password",
+            &a.access,
+            Some(json!({"current_password": password, "new_password": "short"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    assert_eq!(
+        app.refresh(&b.refresh).await.status,
+        200,
+        "refused changes revoke nothing"
+    );
+    let b = app.login(&email, &password, "phone").await;
+
+    let r = app
+        .post_bearer(
+            "/v1/auth/password",
+            &a.access,
+            Some(json!({"current_password": password, "new_password": "a new password"})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(app.refresh(&a.refresh).await.status, 401);
+    assert_eq!(app.refresh(&b.refresh).await.status, 401);
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (401, "invalid_credentials"));
+    app.login(&email, "a new password", "laptop").await;
+}
+
+async fn bearer_endpoints_refuse_missing_and_bad_tokens(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let other = env_with("memory", |_| {}).await;
+    let (email, password) = other.app.user().await;
+    let foreign = other.app.login(&email, &password, "x").await;
+
+    let r = common::Reply::read(app.http.get(app.url("/v1/sessions")).send().await).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    for bad in ["", "garbage", "a.b.c", &foreign.access, &"e".repeat(9000)] {
+        let r = app.get_bearer("/v1/sessions", bad).await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"), "{bad:.20}");
+        let r = app
+            .post_bearer(
+                "/v1/auth/password",
+                bad,
+                Some(json!({"current_password": "x", "new_password": "yyyyyyyy"})),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"));
+        let r = app
+            .delete_bearer("/v1/sessions/AAAAAAAAAAAAAAAAAAAAAA", bad)
+            .await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"));
+    }
+    // A refresh token is not an access token.
+    let (email, password) = app.user().await;
+    let own = app.login(&email, &password, "x").await;
+    let r = app.get_bearer("/v1/sessions", &own.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+}
+
+async fn jwks_is_cacheable_and_answers_not_modified(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let r = common::Reply::read(app.http.get(app.url("/.well-known/jwks.json")).send().await).await;
+    assert_eq!(r.status, 200);
+    let key = &r.body["keys"][0];
+    assert_eq!(
+        (&key["kty"], &key["crv"], &key["alg"], &key["use"]),
+        (
+            &json!("OKP"),
+            &json!("Ed25519"),
+            &json!("EdDSA"),
+            &json!("sig")
+        )
+    );
+    assert!(
+        r.header("cache-control")
+            .is_some_and(|c| c.contains("max-age="))
+    );
+    let etag = r.header("etag").expect("etag").to_owned();
+    let r = common::Reply::read(
+        app.http
+            .get(app.url("/.well-known/jwks.json"))
+            .header("if-none-match", &etag)
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(r.status, 304);
+    let r = common::Reply::read(
+        app.http
+            .get(app.url("/.well-known/jwks.json"))
+            .header("if-none-match", "\"something-else\"")
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+async fn health_readiness_and_unknown_routes(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    for path in ["/healthz", "/readyz"] {
+        let r = common::Reply::read(app.http.get(app.url(path)).send().await).await;
+        assert_eq!(r.status, 200, "{path}");
+    }
+    let r = common::Reply::read(app.http.get(app.url("/v2/nothing")).send().await).await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    let r = common::Reply::read(app.http.get(app.url("/v1/auth/login")).send().await).await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    assert!(r.header("x-request-id").is_some());
+}
+
+async fn tokens_in_the_url_are_refused(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+    let r = common::Reply::read(
+        app.http
+            .post(app.url(&format!("/v1/auth/refresh?refresh_token={}", t.refresh)))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    let r = common::Reply::read(
+        app.http
+            .get(app.url(&format!("/v1/sessions?access_token={}", t.access)))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"));
+    assert_eq!(
+        app.refresh(&t.refresh).await.status,
+        200,
+        "the token was not consumed"
+    );
+}
+
+async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password, "transport": "cookie"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.get("refresh_token").is_none());
+    let cookie = r.header("set-cookie").expect("cookie").to_owned();
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/v1/auth",
+        "Max-Age=",
+    ] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    let pair = cookie.split(';').next().expect("name=value").to_owned();
+
+    let refresh = |csrf: bool| {
+        let mut req = app
+            .http
+            .post(app.url("/v1/auth/refresh"))
+            .header("cookie", &pair);
+        if csrf {
+            req = req.header("x-requested-with", "tokend");
+        }
+        req.send()
+    };
+    let r = common::Reply::read(refresh(false).await).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    let r = common::Reply::read(refresh(true).await).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.get("refresh_token").is_none());
+    let rotated = r.header("set-cookie").expect("replaced cookie").to_owned();
+    assert_ne!(rotated.split(';').next(), Some(pair.as_str()));
+    let rotated_pair = rotated.split(';').next().expect("name=value").to_owned();
+
+    // Logout by cookie without the CSRF header is refused, revokes nothing, and still
+    // clears the cookie; with the header it ends the session.
+    let logout = |csrf: bool| {
+        let mut req = app
+            .http
+            .post(app.url("/v1/auth/logout"))
+            .header("cookie", &rotated_pair);
+        if csrf {
+            req = req.header("x-requested-with", "tokend");
+        }
+        req.send()
+    };
+    let r = common::Reply::read(logout(false).await).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    assert!(
+        r.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0"))
+    );
+    let r = common::Reply::read(logout(true).await).await;
+    assert_eq!(r.status, 204);
+    assert!(
+        r.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0"))
+    );
+    let r = common::Reply::read(
+        app.http
+            .post(app.url("/v1/auth/refresh"))
+            .header("cookie", &rotated_pair)
+            .header("x-requested-with", "tokend")
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
+}

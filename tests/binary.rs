@@ -1,0 +1,235 @@
+//! The real `tokend` binary, started as a user would: configuration errors, keyring
+//! files, a full session against real Redis verified with jsonwebtoken from the served
+//! JWKS, metrics, restart with the same keyring, and graceful shutdown.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, free_port};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokend");
+
+struct Running {
+    child: Child,
+    api: String,
+    metrics: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(redis_url: &str, keys: &std::path::Path) -> Running {
+    let (api, metrics) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .env("TOKEND_LISTEN", format!("127.0.0.1:{api}"))
+        .env("TOKEND_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
+        .env("TOKEND_REDIS_URL", redis_url)
+        .env("TOKEND_KEYS", keys)
+        .env("TOKEND_ARGON2_MEMORY_KIB", "1024")
+        .env("TOKEND_ARGON2_ITERATIONS", "1")
+        .env("TOKEND_ISSUER", "https://auth.example.test")
+        .env("TOKEND_AUDIENCE", "example-api")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tokend");
+    let running = Running {
+        child,
+        api: format!("http://127.0.0.1:{api}"),
+        metrics: format!("http://127.0.0.1:{metrics}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", api)).is_err() {
+        assert!(Instant::now() < deadline, "tokend did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running
+}
+
+fn generate_keys(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("keys.json");
+    let out = Command::new(BIN)
+        .args(["keys", "generate", "--out"])
+        .arg(&path)
+        .output()
+        .expect("run keys generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = http.post(url).json(&body).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn verify_with_jwks(http: &reqwest::Client, base: &str, access: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet = http
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("jwks json");
+    let kid = jsonwebtoken::decode_header(access)
+        .expect("header")
+        .kid
+        .expect("kid");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(&kid).expect("kid published"))
+        .expect("decoding key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_issuer(&["https://auth.example.test"]);
+    validation.set_audience(&["example-api"]);
+    jsonwebtoken::decode::<Value>(access, &key, &validation)
+        .expect("access token verifies against the JWKS")
+        .claims
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_a_full_session_that_survives_a_restart() {
+    let redis = RedisServer::private();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = generate_keys(dir.path());
+    let http = reqwest::Client::new();
+
+    let server = start(&redis.url, &keys);
+    let (status, body) = post(
+        &http,
+        format!("{}/v1/users", server.api),
+        json!({"email": "e2e@example.com", "password": "e2e password"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post(
+        &http,
+        format!("{}/v1/auth/login", server.api),
+        json!({"email": "E2E@example.com", "password": "e2e password", "device": "cli"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let claims = verify_with_jwks(
+        &http,
+        &server.api,
+        body["access_token"].as_str().expect("at"),
+    )
+    .await;
+    assert_eq!(
+        claims["sub"],
+        body["user_id"]
+            .as_str()
+            .map_or(claims["sub"].clone(), Value::from)
+    );
+    assert_eq!(claims["sid"], body["session_id"]);
+    let refresh = body["refresh_token"].as_str().expect("rt").to_owned();
+
+    let metrics = http
+        .get(format!("{}/metrics", server.metrics))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for family in [
+        "tokend_http_request_duration_seconds_bucket",
+        "tokend_login_total",
+        "tokend_store_operation_duration_seconds_bucket",
+        "tokend_signing_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from /metrics");
+    }
+    assert!(metrics.contains("route=\"/v1/auth/login\""));
+    assert!(!metrics.contains(&refresh));
+    drop(server);
+
+    // Same keyring, same Redis: the session and its tokens outlive the process.
+    let server = start(&redis.url, &keys);
+    let (status, body) = post(
+        &http,
+        format!("{}/v1/auth/refresh", server.api),
+        json!({"refresh_token": refresh}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    verify_with_jwks(
+        &http,
+        &server.api,
+        body["access_token"].as_str().expect("at"),
+    )
+    .await;
+    let (status, _) = post(
+        &http,
+        format!("{}/v1/auth/refresh", server.api),
+        json!({"refresh_token": body["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let redis = RedisServer::private();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = generate_keys(dir.path());
+    let mut server = start(&redis.url, &keys);
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(code) = server.child.try_wait().expect("wait") {
+            assert!(code.success(), "exit status {code}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_configuration_exits_with_one_line_naming_the_variable() {
+    let cases = [
+        ("TOKEND_ACCESS_TTL", "ten minutes"),
+        ("TOKEND_LISTEN", "localhost"),
+        ("TOKEND_REDIS_URL", "http://admin:hunter2secret@redis:6379"),
+        ("TOKEND_REFRESH_GRACE", "-1"),
+        ("TOKEND_REGISTRATION", "maybe"),
+    ];
+    for (var, value) in cases {
+        let out = Command::new(BIN)
+            .env(var, value)
+            .output()
+            .expect("run tokend");
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{var}: {stderr}");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert!(!stderr.contains(value), "{var} echoed its value: {stderr}");
+    }
+    let out = Command::new(BIN)
+        .env("TOKEND_KEYS", "/nonexistent/keys.json")
+        .env("TOKEND_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "TOKEND_METRICS_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .expect("run tokend");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TOKEND_KEYS"));
+}

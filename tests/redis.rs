@@ -1,0 +1,148 @@
+//! Redis-specific guarantees: what is stored (hashes only, every session key with a
+//! TTL), and behaviour while Redis is down and after it comes back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{Backend, RedisServer, TestApp, Tokens, test_args};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_no_plaintext_secret_and_every_session_key_expires() {
+    let redis = RedisServer::private();
+    let mut args = test_args(&Backend::Redis(redis.url.clone()));
+    args.session_max_ttl = Some("2h".into());
+    args.session_idle_ttl = Some("1h".into());
+    let app = TestApp::start(args).await;
+    let (email, password) = app.user().await;
+    let a = app.login(&email, &password, "laptop").await;
+    let b = app.login(&email, &password, "phone").await;
+    let a2 = Tokens::from(&app.refresh(&a.refresh).await.body);
+
+    let mut secrets: Vec<Vec<u8>> = vec![password.clone().into_bytes()];
+    for t in [&a, &b, &a2] {
+        secrets.push(t.refresh.clone().into_bytes());
+        let secret = t.refresh.rsplit('.').next().expect("secret part");
+        secrets.push(secret.as_bytes().to_vec());
+        secrets.push(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(secret)
+                .expect("base64url"),
+        );
+        secrets.push(t.access.clone().into_bytes());
+    }
+
+    let keys: Vec<String> = redis
+        .cli(&["--scan", "--pattern", "tokend:*"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        keys.len() >= 5,
+        "user, email, index and two sessions: {keys:?}"
+    );
+    let mut session_keys = 0;
+    for key in &keys {
+        let dump = redis.cli_raw(&["--no-raw", "DUMP", key]);
+        let kind = redis.cli(&["TYPE", key]);
+        let content = match kind.trim() {
+            "hash" => redis.cli_raw(&["HGETALL", key]),
+            "string" => redis.cli_raw(&["GET", key]),
+            "zset" => redis.cli_raw(&["ZRANGE", key, "0", "-1", "WITHSCORES"]),
+            other => panic!("unexpected type {other} for {key}"),
+        };
+        for s in &secrets {
+            for blob in [&dump, &content] {
+                assert!(
+                    !blob.windows(s.len()).any(|w| w == s.as_slice()),
+                    "{key} holds a secret in plaintext"
+                );
+            }
+        }
+        let pttl: i64 = redis.cli(&["PTTL", key]).trim().parse().expect("pttl");
+        if key.contains(":s:") || key.ends_with(":sessions") {
+            session_keys += 1;
+            assert!(pttl > 0, "{key} has no TTL");
+            assert!(
+                pttl <= 2 * 3_600_000,
+                "{key} outlives the session's absolute end"
+            );
+            if key.contains(":s:") {
+                assert!(pttl <= 3_600_000, "{key} outlives its idle end");
+            }
+        }
+        if key.ends_with(":user") {
+            let stored = String::from_utf8_lossy(&content).into_owned();
+            assert!(stored.contains("$argon2id$"), "password stored as argon2id");
+        }
+    }
+    assert_eq!(session_keys, 3, "two sessions and one index");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_answers_503_quickly_and_recovers_without_restart() {
+    let mut redis = RedisServer::private_persistent();
+    let app = TestApp::start(test_args(&Backend::Redis(redis.url.clone()))).await;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+
+    redis.kill();
+    let started = Instant::now();
+    let r = app.refresh(&t.refresh).await;
+    assert_eq!((r.status, r.code()), (503, "unavailable"), "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the command timeout"
+    );
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (503, "unavailable"));
+    let r = common::Reply::read(app.http.get(app.url("/readyz")).send().await).await;
+    assert_eq!((r.status, r.code()), (503, "unavailable"));
+    let r = common::Reply::read(app.http.get(app.url("/healthz")).send().await).await;
+    assert_eq!(r.status, 200, "the process stays up");
+    // Verifying access tokens needs no store.
+    let r = app.get_bearer("/v1/sessions", &t.access).await;
+    assert_eq!(r.status, 503);
+
+    redis.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = common::Reply::read(app.http.get(app.url("/readyz")).send().await).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = app.refresh(&t.refresh).await;
+    assert_eq!(r.status, 200, "the session survived the outage: {}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokend_starts_while_redis_is_down_and_becomes_ready_when_it_comes() {
+    let mut redis = RedisServer::not_started();
+    let app = TestApp::start(test_args(&Backend::Redis(redis.url.clone()))).await;
+    let r = common::Reply::read(app.http.get(app.url("/readyz")).send().await).await;
+    assert_eq!((r.status, r.code()), (503, "unavailable"));
+
+    redis.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::Reply::read(app.http.get(app.url("/readyz")).send().await)
+        .await
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (email, password) = app.user().await;
+    app.login(&email, &password, "laptop").await;
+}
