@@ -371,7 +371,8 @@ impl Lifecycle {
                     Err(LifecycleError::InvalidToken("invalid"))
                 }
             }
-            RotateOutcome::Unknown => Err(LifecycleError::InvalidToken("ended")),
+            RotateOutcome::Revoked => Err(LifecycleError::InvalidToken("revoked")),
+            RotateOutcome::Unknown => Err(LifecycleError::InvalidToken("expired")),
         }
     }
 
@@ -418,7 +419,7 @@ impl Lifecycle {
                 self.refresh.hash(&successor),
             )
             .await?
-            .ok_or(LifecycleError::InvalidToken("ended"))?;
+            .ok_or(LifecycleError::InvalidToken("not_live"))?;
         metrics::counter!(m::LOGOUTS, "scope" => "all", "outcome" => "revoked").increment(1);
         Ok(revoked)
     }

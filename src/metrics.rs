@@ -6,7 +6,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Histogram: HTTP request latency, labelled `method`, `route`, `status`.
 pub const HTTP_SECONDS: &str = "tokend_http_request_duration_seconds";
-/// Counter: refresh attempts by `outcome` (ok, grace, invalid, ended, reused, error).
+/// Counter: refresh attempts by `outcome`: ok, grace (a replay inside the grace window),
+/// invalid (malformed or forged), expired (or never existed), revoked, reused, error.
 pub const REFRESHES: &str = "tokend_refresh_total";
 /// Counter: login attempts by `outcome` (ok, invalid_credentials, invalid_request, error).
 pub const LOGINS: &str = "tokend_login_total";

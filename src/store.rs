@@ -110,7 +110,10 @@ pub enum RotateOutcome {
         /// Hash of the session's current token.
         current: TokenHash,
     },
-    /// No such session: never existed, expired or revoked.
+    /// The session was revoked (logout, logout-all, password change, reuse). Revocations
+    /// are remembered until the session would have ended, for at most a day.
+    Revoked,
+    /// No such session: never existed, or expired.
     Unknown,
 }
 

@@ -169,13 +169,42 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
         body["access_token"].as_str().expect("at"),
     )
     .await;
-    let (status, _) = post(
+    let (status, latest) = post(
         &http,
         format!("{}/v1/auth/refresh", server.api),
         json!({"refresh_token": body["refresh_token"]}),
     )
     .await;
     assert_eq!(status, 200);
+
+    // The first token, two rotations old, is theft: the session is revoked, and a
+    // refresh with the latest token then reports a revoked session.
+    let (status, body) = post(
+        &http,
+        format!("{}/v1/auth/refresh", server.api),
+        json!({"refresh_token": refresh}),
+    )
+    .await;
+    assert_eq!((status, &body["error"]), (401, &json!("token_reused")));
+    let (status, body) = post(
+        &http,
+        format!("{}/v1/auth/refresh", server.api),
+        json!({"refresh_token": latest["refresh_token"]}),
+    )
+    .await;
+    assert_eq!((status, &body["error"]), (401, &json!("invalid_token")));
+    let metrics = http
+        .get(format!("{}/metrics", server.metrics))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for outcome in ["ok", "reused", "revoked"] {
+        let line = format!("tokend_refresh_total{{outcome=\"{outcome}\"}} ");
+        assert!(metrics.contains(&line), "no {line} in /metrics");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

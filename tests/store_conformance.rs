@@ -148,6 +148,7 @@ conformance!(
     revoke_session_touches_only_that_session,
     revoke_all_ends_every_session_of_one_user,
     revoke_all_by_token_requires_a_live_token,
+    every_kind_of_revocation_is_reported_as_revoked,
     password_change_revokes_all_atomically,
     sessions_end_at_their_expiry_and_leave_the_index,
     listing_is_newest_first_with_all_fields,
@@ -237,7 +238,7 @@ async fn predecessor_after_grace_revokes_the_session<S: SessionStore>(f: Fixture
     );
     assert_eq!(
         f.rotate(&user, &s, 2, 3, t + 10_001, 10_000).await,
-        RotateOutcome::Unknown
+        RotateOutcome::Revoked
     );
     assert_eq!(f.live(&user).await, vec![keep]);
 }
@@ -511,4 +512,60 @@ async fn embedded_store_expiry_slides_but_never_past_the_absolute_end() {
         0,
         "ended sessions leave the index"
     );
+}
+
+async fn every_kind_of_revocation_is_reported_as_revoked<S: SessionStore>(f: Fixture<S>) {
+    let user = UserRecord {
+        id: f.user(),
+        email: format!("r-{}@example.com", common::unique()),
+        password_hash: "h".into(),
+    };
+    f.store.insert_user(&user).await.expect("insert");
+    let u = &user.id;
+    let by_token = f.session(u, hash(1), HOUR_MS).await;
+    let by_id = f.session(u, hash(2), HOUR_MS).await;
+    f.store
+        .revoke_by_token(u, &by_token, hash(1), hash(9))
+        .await
+        .expect("logout");
+    f.store.revoke_session(u, &by_id).await.expect("delete");
+    assert_eq!(
+        f.rotate(u, &by_token, 1, 3, now(), 10_000).await,
+        RotateOutcome::Revoked
+    );
+    assert_eq!(
+        f.rotate(u, &by_id, 2, 3, now(), 10_000).await,
+        RotateOutcome::Revoked
+    );
+    assert!(
+        !f.store.revoke_session(u, &by_id).await.expect("again"),
+        "a tombstone is not live"
+    );
+
+    let all = [
+        f.session(u, hash(4), HOUR_MS).await,
+        f.session(u, hash(5), HOUR_MS).await,
+    ];
+    assert_eq!(f.store.revoke_all(u).await.expect("logout-all"), 2);
+    for (s, h) in all.iter().zip([4, 5]) {
+        assert_eq!(
+            f.rotate(u, s, h, 6, now(), 10_000).await,
+            RotateOutcome::Revoked
+        );
+    }
+    let pw = f.session(u, hash(7), HOUR_MS).await;
+    assert_eq!(
+        f.store
+            .set_password_and_revoke_all(u, "new")
+            .await
+            .expect("set"),
+        Some(1)
+    );
+    assert_eq!(
+        f.rotate(u, &pw, 7, 8, now(), 10_000).await,
+        RotateOutcome::Revoked
+    );
+    assert!(f.live(u).await.is_empty(), "tombstones are not listed");
+    let fresh = f.session(u, hash(10), HOUR_MS).await;
+    assert_eq!(f.live(u).await, vec![fresh], "nor counted by a new login");
 }

@@ -27,7 +27,13 @@ struct Inner {
     emails: HashMap<String, UserId>,
     /// Per-user index of sessions: the map is the index.
     sessions: HashMap<UserId, HashMap<SessionId, Entry>>,
+    /// Revoked sessions, remembered until this epoch ms (the session's end, at most
+    /// a day), so a refresh can say "revoked" rather than "expired".
+    tombstones: HashMap<(UserId, SessionId), u64>,
 }
+
+/// Longest a revocation is remembered, ms.
+const TOMBSTONE_MAX_MS: u64 = 24 * 3_600_000;
 
 struct Entry {
     hash: TokenHash,
@@ -53,15 +59,44 @@ impl Inner {
         self.sessions.get_mut(user)
     }
 
-    fn remove(&mut self, user: &UserId, session: &SessionId) -> bool {
+    /// Revokes one session, leaving a tombstone; `false` if it was not live.
+    fn revoke(&mut self, user: &UserId, session: &SessionId, now_ms: u64) -> bool {
         let Some(sessions) = self.sessions.get_mut(user) else {
             return false;
         };
-        let removed = sessions.remove(session).is_some();
+        let removed = sessions.remove(session);
         if sessions.is_empty() {
             self.sessions.remove(user);
         }
-        removed
+        match removed {
+            Some(entry) => {
+                let until = entry.expires_at_ms.min(now_ms + TOMBSTONE_MAX_MS);
+                self.tombstones
+                    .insert((user.clone(), session.clone()), until);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Revokes every session of a user; returns how many were live.
+    fn revoke_all(&mut self, user: &UserId, now_ms: u64) -> u64 {
+        self.live(user, now_ms);
+        let Some(sessions) = self.sessions.remove(user) else {
+            return 0;
+        };
+        let live = sessions.len() as u64;
+        for (id, entry) in sessions {
+            let until = entry.expires_at_ms.min(now_ms + TOMBSTONE_MAX_MS);
+            self.tombstones.insert((user.clone(), id), until);
+        }
+        live
+    }
+
+    fn is_revoked(&self, user: &UserId, session: &SessionId, now_ms: u64) -> bool {
+        self.tombstones
+            .get(&(user.clone(), session.clone()))
+            .is_some_and(|until| *until > now_ms)
     }
 }
 
@@ -91,6 +126,7 @@ impl MemoryStore {
             dropped += before - sessions.len();
             !sessions.is_empty()
         });
+        inner.tombstones.retain(|_, until| *until > now);
         dropped
     }
 
@@ -114,8 +150,7 @@ impl MemoryStore {
         })
     }
 
-    /// Number of users with at least one session entry, ended or not (for tests of
-    /// pruning).
+    /// Entries in a user's session index, ended or not (for tests of pruning).
     pub fn indexed_sessions(&self, user: &UserId) -> usize {
         self.lock().sessions.get(user).map_or(0, HashMap::len)
     }
@@ -167,17 +202,23 @@ impl SessionStore for MemoryStore {
 
     async fn rotate(&self, r: &Rotation<'_>) -> StoreResult<RotateOutcome> {
         let now = r.now_ms;
+        let clock_now = self.clock.now_ms();
         let mut inner = self.lock();
         let Some(entry) = inner
-            .live(r.user_id, self.clock.now_ms())
+            .live(r.user_id, clock_now)
             .and_then(|s| s.get_mut(r.session_id))
         else {
+            if inner.is_revoked(r.user_id, r.session_id, clock_now) {
+                return Ok(RotateOutcome::Revoked);
+            }
             return Ok(RotateOutcome::Unknown);
         };
         if entry.hash == r.presented {
             let expires_at_ms = (now + r.idle_ms).min(entry.absolute_ms);
             if expires_at_ms <= now {
-                inner.remove(r.user_id, r.session_id);
+                // Ended by time, not revoked: no tombstone.
+                entry.expires_at_ms = now;
+                inner.live(r.user_id, now);
                 return Ok(RotateOutcome::Unknown);
             }
             entry.hash = r.successor;
@@ -192,7 +233,7 @@ impl SessionStore for MemoryStore {
                     expires_at_ms: entry.expires_at_ms,
                 });
             }
-            inner.remove(r.user_id, r.session_id);
+            inner.revoke(r.user_id, r.session_id, clock_now);
             return Ok(RotateOutcome::Reused);
         }
         Ok(RotateOutcome::Superseded {
@@ -207,25 +248,25 @@ impl SessionStore for MemoryStore {
         presented: TokenHash,
         successor: TokenHash,
     ) -> StoreResult<bool> {
+        let now = self.clock.now_ms();
         let mut inner = self.lock();
         let matches = inner
-            .live(user, self.clock.now_ms())
+            .live(user, now)
             .and_then(|s| s.get(session))
             .is_some_and(|e| e.hash == presented || e.hash == successor);
-        Ok(matches && inner.remove(user, session))
+        Ok(matches && inner.revoke(user, session, now))
     }
 
     async fn revoke_session(&self, user: &UserId, session: &SessionId) -> StoreResult<bool> {
+        let now = self.clock.now_ms();
         let mut inner = self.lock();
-        inner.live(user, self.clock.now_ms());
-        Ok(inner.remove(user, session))
+        inner.live(user, now);
+        Ok(inner.revoke(user, session, now))
     }
 
     async fn revoke_all(&self, user: &UserId) -> StoreResult<u64> {
-        let mut inner = self.lock();
-        let live = inner.live(user, self.clock.now_ms()).map_or(0, |s| s.len());
-        inner.sessions.remove(user);
-        Ok(live as u64)
+        let now = self.clock.now_ms();
+        Ok(self.lock().revoke_all(user, now))
     }
 
     async fn revoke_all_by_token(
@@ -235,19 +276,13 @@ impl SessionStore for MemoryStore {
         presented: TokenHash,
         successor: TokenHash,
     ) -> StoreResult<Option<u64>> {
+        let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let Some(sessions) = inner.live(user, self.clock.now_ms()) else {
-            return Ok(None);
-        };
-        let matches = sessions
-            .get(session)
+        let matches = inner
+            .live(user, now)
+            .and_then(|s| s.get(session))
             .is_some_and(|e| e.hash == presented || e.hash == successor);
-        if !matches {
-            return Ok(None);
-        }
-        let live = sessions.len() as u64;
-        inner.sessions.remove(user);
-        Ok(Some(live))
+        Ok(matches.then(|| inner.revoke_all(user, now)))
     }
 
     async fn list_sessions(&self, user: &UserId, _now_ms: u64) -> StoreResult<Vec<SessionRecord>> {
@@ -276,14 +311,13 @@ impl SessionStore for MemoryStore {
         user: &UserId,
         password_hash: &str,
     ) -> StoreResult<Option<u64>> {
+        let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let live = inner.live(user, self.clock.now_ms()).map_or(0, |s| s.len()) as u64;
         let Some(record) = inner.users.get_mut(user) else {
             return Ok(None);
         };
         record.password_hash = password_hash.to_owned();
-        inner.sessions.remove(user);
-        Ok(Some(live))
+        Ok(Some(inner.revoke_all(user, now)))
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -4,6 +4,7 @@
 //! | key | type | TTL |
 //! | --- | --- | --- |
 //! | `tokend:{u:<uid>}:s:<sid>` | hash: `h` token hash, `r` rotated ms, `c` created ms, `l` last used ms, `x` absolute end ms, `d` device, `a` user agent, `i` ip | the session's end |
+//! | same key, once revoked | hash: `v` (a tombstone, so a refresh can say "revoked") | the session's end, at most a day |
 //! | `tokend:{u:<uid>}:sessions` | sorted set of session ids by creation ms | latest absolute end |
 //! | `tokend:{u:<uid>}:user` | hash: `e` email, `p` argon2id hash | none |
 //! | `tokend:{e:<blake3(email)>}` | string: user id | none |
@@ -48,11 +49,26 @@ impl Scripts {
     fn new() -> Self {
         Self {
             create_session: Script::from_lua(include_str!("lua/create_session.lua")),
-            rotate: Script::from_lua(include_str!("lua/rotate.lua")),
-            revoke_by_token: Script::from_lua(include_str!("lua/revoke_by_token.lua")),
-            revoke_session: Script::from_lua(include_str!("lua/revoke_session.lua")),
-            revoke_all: Script::from_lua(include_str!("lua/revoke_all.lua")),
-            set_password: Script::from_lua(include_str!("lua/set_password.lua")),
+            rotate: Script::from_lua(concat!(
+                include_str!("lua/revoke.lua"),
+                include_str!("lua/rotate.lua")
+            )),
+            revoke_by_token: Script::from_lua(concat!(
+                include_str!("lua/revoke.lua"),
+                include_str!("lua/revoke_by_token.lua")
+            )),
+            revoke_session: Script::from_lua(concat!(
+                include_str!("lua/revoke.lua"),
+                include_str!("lua/revoke_session.lua")
+            )),
+            revoke_all: Script::from_lua(concat!(
+                include_str!("lua/revoke.lua"),
+                include_str!("lua/revoke_all.lua")
+            )),
+            set_password: Script::from_lua(concat!(
+                include_str!("lua/revoke.lua"),
+                include_str!("lua/set_password.lua")
+            )),
             list_sessions: Script::from_lua(include_str!("lua/list_sessions.lua")),
         }
     }
@@ -326,6 +342,7 @@ impl SessionStore for RedisStore {
                 expires_at_ms: expires()?,
             }),
             Some(3) => Ok(RotateOutcome::Reused),
+            Some(5) => Ok(RotateOutcome::Revoked),
             // A hash that happens to be valid UTF-8 arrives as a string.
             Some(4) => match reply.get(1) {
                 Some(Value::Bytes(b)) => hash_from(b),

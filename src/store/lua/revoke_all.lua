@@ -11,7 +11,7 @@ if KEYS[2] then
 end
 local n = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  n = n + redis.call('DEL', ARGV[1] .. id)
+  n = n + revoke(ARGV[1] .. id)
 end
 redis.call('DEL', KEYS[1])
 return n

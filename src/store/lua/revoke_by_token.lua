@@ -3,7 +3,7 @@
 -- ARGV: 1 presented hash, 2 successor hash, 3 session id. Returns 1 if revoked.
 local current = redis.call('HGET', KEYS[1], 'h')
 if current and (current == ARGV[1] or current == ARGV[2]) then
-  redis.call('DEL', KEYS[1])
+  revoke(KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[3])
   return 1
 end

@@ -3,12 +3,16 @@
 --   {2, expires_at}  replayed within the grace window: successor stays current
 --   {3}              reuse after the grace window: session revoked
 --   {4, current}     presented is neither current nor its predecessor
---   {0}              no such session
+--   {5}              the session was revoked
+--   {0}              no such session (never existed or expired)
 -- KEYS[1] session hash, KEYS[2] user's session index
 -- ARGV: 1 presented hash, 2 successor hash, 3 now ms, 4 idle ms, 5 grace ms, 6 session id
-local s = redis.call('HMGET', KEYS[1], 'h', 'r', 'l', 'x')
+local s = redis.call('HMGET', KEYS[1], 'h', 'r', 'l', 'x', 'v')
 local current = s[1]
 if not current then
+  if s[5] then
+    return {5}
+  end
   return {0}
 end
 local now = tonumber(ARGV[3])
@@ -29,7 +33,7 @@ if current == ARGV[2] then
   if now - tonumber(s[2]) < tonumber(ARGV[5]) then
     return {2, math.min(tonumber(s[3]) + idle, absolute)}
   end
-  redis.call('DEL', KEYS[1])
+  revoke(KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[6])
   return {3}
 end

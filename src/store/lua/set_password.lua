@@ -7,7 +7,7 @@ end
 redis.call('HSET', KEYS[1], 'p', ARGV[1])
 local n = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  n = n + redis.call('DEL', ARGV[2] .. id)
+  n = n + revoke(ARGV[2] .. id)
 end
 redis.call('DEL', KEYS[2])
 return n
