@@ -130,6 +130,19 @@ pub struct ServeArgs {
     /// Password hashes computed at once (default: half the CPUs, at least 1).
     #[arg(long, env = "TOKEND_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<String>,
+    /// Failed logins evaluated per account per window (default 10).
+    #[arg(long, env = "TOKEND_LOGIN_MAX_FAILURES")]
+    pub login_max_failures: Option<String>,
+    /// Failed logins evaluated per client IP per window (default 100).
+    #[arg(long, env = "TOKEND_LOGIN_MAX_FAILURES_PER_IP")]
+    pub login_max_failures_per_ip: Option<String>,
+    /// Login limit window; also the longest lockout (default 15m).
+    #[arg(long, env = "TOKEND_LOGIN_WINDOW")]
+    pub login_window: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed: comma-separated IPs or CIDRs
+    /// (default none: the socket peer is the client).
+    #[arg(long, env = "TOKEND_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Log filter, e.g. `info` or `tokend=debug` (default `info`).
     #[arg(long, env = "TOKEND_LOG")]
     pub log: Option<String>,

@@ -51,6 +51,14 @@ pub struct Config {
     pub argon2: Cost,
     /// Concurrent password hashes.
     pub hash_concurrency: usize,
+    /// Failed logins per account per window (default 10).
+    pub login_max_failures: u32,
+    /// Failed logins per client IP per window (default 100).
+    pub login_max_failures_per_ip: u32,
+    /// Login limit window (default 15 min).
+    pub login_window: Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Log filter directive.
     pub log: String,
     /// Log format.
@@ -197,6 +205,21 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
             return Err(log.err("a log filter like info or tokend=debug,info"));
         }
+        let proxies = field!(args.trusted_proxies, "TOKEND_TRUSTED_PROXIES");
+        let trusted_proxies = proxies
+            .value
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        proxies.err("comma-separated IP addresses or CIDRs, like 10.0.0.0/8")
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let keys = match &args.keys {
             Some(p) if p.as_os_str().is_empty() => None,
             other => other.clone(),
@@ -248,6 +271,16 @@ impl Config {
                 1024,
                 "a whole number from 1 to 1024",
             )? as usize,
+            login_max_failures: field!(args.login_max_failures, "TOKEND_LOGIN_MAX_FAILURES")
+                .number(10, 1, 1_000_000, "a whole number from 1 to 1000000")?,
+            login_max_failures_per_ip: field!(
+                args.login_max_failures_per_ip,
+                "TOKEND_LOGIN_MAX_FAILURES_PER_IP"
+            )
+            .number(100, 1, 1_000_000, "a whole number from 1 to 1000000")?,
+            login_window: field!(args.login_window, "TOKEND_LOGIN_WINDOW")
+                .duration(Duration::from_secs(15 * 60), false)?,
+            trusted_proxies,
             log: log_filter,
             log_format,
             shutdown_timeout: field!(args.shutdown_timeout, "TOKEND_SHUTDOWN_TIMEOUT")

@@ -38,6 +38,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Pre-serialized JWKS.
     pub jwks: Arc<Jwks>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// The API router.

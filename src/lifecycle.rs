@@ -11,7 +11,8 @@ use crate::metrics as m;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::secret::Secret;
 use crate::store::{
-    NewSession, RotateOutcome, Rotation, SessionRecord, SessionStore, Store, StoreError, UserRecord,
+    LimitKey, NewSession, RotateOutcome, Rotation, SessionRecord, SessionStore, Store, StoreError,
+    UserRecord,
 };
 use crate::token::access::{AccessSigner, AccessTokenError, AccessVerifier, Claims};
 use crate::token::refresh::{RefreshToken, TokenHasher};
@@ -38,6 +39,24 @@ pub struct Policy {
     pub refresh_grace: Duration,
     /// Whether `POST /v1/users` is open.
     pub registration_open: bool,
+    /// Brute-force limits on login.
+    pub login_limits: LoginLimits,
+}
+
+/// How many failed logins are evaluated before further attempts are refused.
+///
+/// Each attempt is counted before its password is checked and given back when it
+/// succeeds, so concurrent guesses can never have more than the limit evaluated. A
+/// window starts with its first counted attempt and is not extended by attempts made
+/// while limited: a lockout always ends `window` after it began.
+#[derive(Clone, Copy, Debug)]
+pub struct LoginLimits {
+    /// Failed attempts per account (by email, registered or not) per window.
+    pub per_account: u32,
+    /// Failed attempts per client IP per window.
+    pub per_client: u32,
+    /// Window length.
+    pub window: Duration,
 }
 
 /// Who is logging in from where.
@@ -97,6 +116,9 @@ pub enum LifecycleError {
     /// No such resource for this caller (or registration is switched off).
     #[error("not found")]
     NotFound,
+    /// Too many failed logins for this account or client; retry after this many ms.
+    #[error("too many login attempts")]
+    RateLimited(u64),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -221,6 +243,7 @@ impl Lifecycle {
             Ok(_) => "ok",
             Err(LifecycleError::InvalidCredentials) => "invalid_credentials",
             Err(LifecycleError::InvalidRequest(_)) => "invalid_request",
+            Err(LifecycleError::RateLimited(_)) => "rate_limited",
             Err(_) => "error",
         };
         metrics::counter!(m::LOGINS, "outcome" => label).increment(1);
@@ -244,6 +267,27 @@ impl Lifecycle {
         }
         let email =
             Email::parse(email).map_err(|e| LifecycleError::InvalidRequest(e.to_string()))?;
+        let account = LimitKey::Account(email.as_str().to_owned());
+        let client = meta.ip.clone().map(LimitKey::Client);
+        let limits = self.policy.login_limits;
+        let window_ms = ms(limits.window);
+        if let Some(key) = &client {
+            if let Some(retry) = self
+                .store
+                .hit_limit(key, limits.per_client, window_ms)
+                .await?
+            {
+                return Err(LifecycleError::RateLimited(retry));
+            }
+        }
+        if let Some(retry) = self
+            .store
+            .hit_limit(&account, limits.per_account, window_ms)
+            .await?
+        {
+            return Err(LifecycleError::RateLimited(retry));
+        }
+
         let user = self.store.user_by_email(email.as_str()).await?;
         let ok = self
             .passwords
@@ -253,6 +297,12 @@ impl Lifecycle {
             Some(user) if ok => user,
             _ => return Err(LifecycleError::InvalidCredentials),
         };
+        // A success proves the password: the account's failures no longer matter,
+        // and the client's attempt is given back.
+        self.store.release_limit(&account, true).await?;
+        if let Some(key) = &client {
+            self.store.release_limit(key, false).await?;
+        }
 
         let now = self.clock.now_ms();
         let session_id = SessionId::generate(&self.rng);

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::lifecycle::{Lifecycle, Policy};
+use crate::lifecycle::{Lifecycle, LoginLimits, Policy};
 use crate::password::PasswordHasher;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
@@ -99,6 +99,11 @@ pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, Star
             max_ttl: config.session_max_ttl,
             refresh_grace: config.refresh_grace,
             registration_open: config.registration_open,
+            login_limits: LoginLimits {
+                per_account: config.login_max_failures,
+                per_client: config.login_max_failures_per_ip,
+                window: config.login_window,
+            },
         },
     );
     tracing::info!(
@@ -115,6 +120,7 @@ pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, Star
         "configured"
     );
     Ok(AppState {
+        trusted_proxies: Arc::from(config.trusted_proxies.as_slice()),
         jwks: Arc::new(Jwks::new(&keyring)),
         lifecycle: Arc::new(lifecycle),
     })

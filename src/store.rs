@@ -205,8 +205,48 @@ pub trait SessionStore: Send + Sync + 'static {
         password_hash: &str,
     ) -> impl Future<Output = StoreResult<Option<u64>>> + Send;
 
+    /// Counts one login attempt against `key` in a fixed window of `window_ms` that
+    /// starts with the window's first attempt. Returns `None` if the attempt may
+    /// proceed (it was one of the first `limit`), else how many ms until the window
+    /// ends. Atomic: concurrent attempts never let more than `limit` through.
+    fn hit_limit(
+        &self,
+        key: &LimitKey,
+        limit: u32,
+        window_ms: u64,
+    ) -> impl Future<Output = StoreResult<Option<u64>>> + Send;
+
+    /// Gives back one attempt counted against `key` (a login that succeeded), or
+    /// forgets all of them with `reset`.
+    fn release_limit(
+        &self,
+        key: &LimitKey,
+        reset: bool,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
     /// Checks that the backend answers.
     fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// What a login attempt is counted against. The values are hashed before they reach
+/// the store, so no email address or IP appears in a key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// One account (by normalised email, registered or not).
+    Account(String),
+    /// One client IP address.
+    Client(String),
+}
+
+impl LimitKey {
+    /// Stable store key: kind plus a BLAKE3 digest of the value.
+    pub fn storage_id(&self) -> String {
+        let (kind, value) = match self {
+            LimitKey::Account(v) => ("a", v),
+            LimitKey::Client(v) => ("i", v),
+        };
+        format!("{kind}:{}", &blake3::hash(value.as_bytes()).to_hex()[..32])
+    }
 }
 
 /// The store chosen by configuration.
@@ -293,6 +333,17 @@ impl SessionStore for Store {
         password_hash: &str,
     ) -> StoreResult<Option<u64>> {
         delegate!(self, "set_password_and_revoke_all", s => s.set_password_and_revoke_all(user, password_hash))
+    }
+    async fn hit_limit(
+        &self,
+        key: &LimitKey,
+        limit: u32,
+        window_ms: u64,
+    ) -> StoreResult<Option<u64>> {
+        delegate!(self, "hit_limit", s => s.hit_limit(key, limit, window_ms))
+    }
+    async fn release_limit(&self, key: &LimitKey, reset: bool) -> StoreResult<()> {
+        delegate!(self, "release_limit", s => s.release_limit(key, reset))
     }
     async fn ping(&self) -> StoreResult<()> {
         delegate!(self, "ping", s => s.ping())

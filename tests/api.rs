@@ -79,6 +79,11 @@ on_both_stores!(
     health_readiness_and_unknown_routes,
     tokens_in_the_url_are_refused,
     cookie_transport_keeps_the_refresh_token_out_of_the_body,
+    failed_logins_lock_the_account_for_a_bounded_window,
+    concurrent_wrong_guesses_never_evaluate_more_than_the_limit,
+    a_successful_login_clears_the_account_failures,
+    failed_logins_are_limited_per_client_ip,
+    forwarded_for_counts_only_from_trusted_proxies,
 );
 
 async fn login_issues_tokens_that_verify_against_the_served_jwks(backend: &str) {
@@ -806,4 +811,165 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     )
     .await;
     assert_eq!((r.status, r.code()), (401, "invalid_token"));
+}
+
+async fn failed_logins_lock_the_account_for_a_bounded_window(backend: &str) {
+    let env = env_with(backend, |a| {
+        a.login_max_failures = Some("3".into());
+        a.login_window = Some("1500ms".into());
+    })
+    .await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let r = app
+            .post(
+                "/v1/auth/login",
+                json!({"email": email, "password": "wrong password"}),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (401, "invalid_credentials"));
+    }
+    // Locked: even the right password is refused, and hammering does not extend it.
+    while started.elapsed() < Duration::from_millis(1200) {
+        let r = app
+            .post(
+                "/v1/auth/login",
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (429, "rate_limited"));
+        let retry: u64 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("secs");
+        assert!((1..=2).contains(&retry), "retry-after {retry}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(started.elapsed())).await;
+    app.login(&email, &password, "laptop").await;
+}
+
+async fn concurrent_wrong_guesses_never_evaluate_more_than_the_limit(backend: &str) {
+    let env = env_with(backend, |a| a.login_max_failures = Some("5".into())).await;
+    let app = &env.app;
+    let (email, _) = app.user().await;
+    let guesses = (0..50).map(|i| {
+        app.post(
+            "/v1/auth/login",
+            json!({"email": email, "password": format!("guess number {i}")}),
+        )
+    });
+    let replies = futures::future::join_all(guesses).await;
+    let evaluated = replies.iter().filter(|r| r.status == 401).count();
+    let limited = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!((evaluated, limited), (5, 45));
+}
+
+async fn a_successful_login_clears_the_account_failures(backend: &str) {
+    let env = env_with(backend, |a| a.login_max_failures = Some("3".into())).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    for round in 0..3 {
+        for _ in 0..2 {
+            let r = app
+                .post(
+                    "/v1/auth/login",
+                    json!({"email": email, "password": "wrong password"}),
+                )
+                .await;
+            assert_eq!(r.status, 401, "round {round}");
+        }
+        app.login(&email, &password, "laptop").await;
+    }
+}
+
+async fn failed_logins_are_limited_per_client_ip(backend: &str) {
+    let env = env_with(backend, |a| a.login_max_failures_per_ip = Some("4".into())).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    for i in 0..4 {
+        let r = app
+            .post(
+                "/v1/auth/login",
+                json!({"email": format!("spray-{i}@example.com"), "password": "password1"}),
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (429, "rate_limited"),
+        "this client is limited"
+    );
+}
+
+async fn forwarded_for_counts_only_from_trusted_proxies(backend: &str) {
+    let login = |app: &TestApp, xff: &'static str, email: String, password: String| {
+        app.http
+            .post(app.url("/v1/auth/login"))
+            .header("x-forwarded-for", xff)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    // Untrusted peer: the header is ignored, the socket address is recorded.
+    let env = env_with(backend, |_| {}).await;
+    let (email, password) = env.app.user().await;
+    let r =
+        common::Reply::read(login(&env.app, "198.51.100.7", email.clone(), password.clone()).await)
+            .await;
+    let t = Tokens::from(&r.body);
+    let r = env.app.get_bearer("/v1/sessions", &t.access).await;
+    assert_eq!(r.body["sessions"][0]["ip"], "127.0.0.1");
+
+    // Loopback as a trusted proxy: the forwarded client is recorded and limited alone.
+    let env = env_with(backend, |a| {
+        a.trusted_proxies = Some("127.0.0.1/32, ::1".into());
+        a.login_max_failures_per_ip = Some("2".into());
+    })
+    .await;
+    let (email, password) = env.app.user().await;
+    let r = common::Reply::read(
+        login(
+            &env.app,
+            "1.2.3.4, 198.51.100.7",
+            email.clone(),
+            password.clone(),
+        )
+        .await,
+    )
+    .await;
+    let t = Tokens::from(&r.body);
+    let r = env.app.get_bearer("/v1/sessions", &t.access).await;
+    assert_eq!(r.body["sessions"][0]["ip"], "198.51.100.7");
+    for _ in 0..2 {
+        let r = common::Reply::read(
+            login(
+                &env.app,
+                "198.51.100.66",
+                email.clone(),
+                "wrong pw 1".into(),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    let r = common::Reply::read(
+        login(&env.app, "198.51.100.66", email.clone(), password.clone()).await,
+    )
+    .await;
+    assert_eq!(r.status, 429, "that client is limited");
+    let r =
+        common::Reply::read(login(&env.app, "198.51.100.7", email.clone(), password.clone()).await)
+            .await;
+    assert_eq!(r.status, 200, "another client is not");
 }

@@ -11,7 +11,7 @@ use tokend::ids::{SessionId, UserId};
 use tokend::secret::Secret;
 use tokend::store::memory::MemoryStore;
 use tokend::store::redis::{RedisSettings, RedisStore};
-use tokend::store::{NewSession, RotateOutcome, Rotation, SessionStore, UserRecord};
+use tokend::store::{LimitKey, NewSession, RotateOutcome, Rotation, SessionStore, UserRecord};
 use tokend::token::refresh::TokenHash;
 
 const HOUR_MS: u64 = 3_600_000;
@@ -149,6 +149,7 @@ conformance!(
     revoke_all_ends_every_session_of_one_user,
     revoke_all_by_token_requires_a_live_token,
     every_kind_of_revocation_is_reported_as_revoked,
+    login_limits_count_atomically_in_a_fixed_window,
     password_change_revokes_all_atomically,
     sessions_end_at_their_expiry_and_leave_the_index,
     listing_is_newest_first_with_all_fields,
@@ -568,4 +569,50 @@ async fn every_kind_of_revocation_is_reported_as_revoked<S: SessionStore>(f: Fix
     assert!(f.live(u).await.is_empty(), "tombstones are not listed");
     let fresh = f.session(u, hash(10), HOUR_MS).await;
     assert_eq!(f.live(u).await, vec![fresh], "nor counted by a new login");
+}
+
+async fn login_limits_count_atomically_in_a_fixed_window<S: SessionStore>(f: Fixture<S>) {
+    let key = LimitKey::Account(format!("l-{}@example.com", common::unique()));
+    let attempts = (0..20).map(|_| f.store.hit_limit(&key, 4, 400));
+    let results = futures::future::join_all(attempts).await;
+    let allowed = results.iter().filter(|r| matches!(r, Ok(None))).count();
+    assert_eq!(allowed, 4, "exactly the limit got through");
+    let retry = f
+        .store
+        .hit_limit(&key, 4, 400)
+        .await
+        .expect("hit")
+        .expect("limited");
+    assert!(retry <= 400, "retry {retry}");
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(
+        f.store.hit_limit(&key, 4, 400).await.expect("new window"),
+        None
+    );
+    for _ in 0..3 {
+        f.store.hit_limit(&key, 4, 400).await.expect("hit");
+    }
+    f.store
+        .release_limit(&key, false)
+        .await
+        .expect("give back one");
+    assert_eq!(f.store.hit_limit(&key, 4, 400).await.expect("hit"), None);
+    assert!(
+        f.store
+            .hit_limit(&key, 4, 400)
+            .await
+            .expect("hit")
+            .is_some()
+    );
+    f.store.release_limit(&key, true).await.expect("reset");
+    assert_eq!(
+        f.store.hit_limit(&key, 4, 400).await.expect("after reset"),
+        None
+    );
+    let other = LimitKey::Client("192.0.2.1".into());
+    assert_eq!(
+        f.store.hit_limit(&other, 1, 400).await.expect("other key"),
+        None
+    );
 }

@@ -29,6 +29,8 @@ pub enum ApiError {
     Conflict,
     /// 413: body over the limit.
     PayloadTooLarge,
+    /// 429: too many login attempts; retry after this many seconds.
+    RateLimited(u64),
     /// 503: the session store cannot be reached.
     Unavailable,
     /// 500: a bug; the detail is logged where it happened.
@@ -77,6 +79,11 @@ impl ApiError {
                 "payload_too_large",
                 "request body is larger than 16 KiB",
             ),
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many login attempts; retry later",
+            ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -99,6 +106,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::RateLimited(secs) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -134,6 +144,7 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::TokenReused => ApiError::TokenReused,
             LifecycleError::EmailTaken => ApiError::Conflict,
             LifecycleError::NotFound => ApiError::NotFound,
+            LifecycleError::RateLimited(ms) => ApiError::RateLimited(ms.div_ceil(1000)),
             LifecycleError::Store(e) => e.into(),
             LifecycleError::Password(PasswordError::PoolClosed) => ApiError::Unavailable,
             LifecycleError::Password(e) => {

@@ -1,11 +1,11 @@
 //! Request extractors that turn every rejection into an [`ApiError`]: JSON bodies,
 //! bearer tokens and client details.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -119,21 +119,55 @@ pub struct ClientInfo {
     pub ip: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+/// The client's address: the socket peer, unless the peer is a trusted proxy, in
+/// which case `X-Forwarded-For` is read from the right, skipping trusted proxies, and
+/// the first other address is the client. A header from an untrusted peer is ignored.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            // Anything unparsable ends the chain we can vouch for.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        // TODO: honour X-Forwarded-For from configured trusted proxies; until then a
-        // deployment behind a load balancer records the balancer's address.
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+            .map(|ConnectInfo(addr)| {
+                client_ip(addr.ip(), &parts.headers, &state.trusted_proxies).to_string()
+            });
         Ok(ClientInfo { user_agent, ip })
     }
 }
@@ -141,6 +175,33 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_ignored_from_untrusted_peers() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let peer: IpAddr = "203.0.113.9".parse().expect("ip");
+        assert_eq!(client_ip(peer, &headers(&["198.51.100.1"]), &trusted), peer);
+        assert_eq!(client_ip(peer, &headers(&["198.51.100.1"]), &[]), peer);
+    }
+
+    #[test]
+    fn forwarded_for_from_trusted_proxies_names_the_first_untrusted_hop() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let proxy: IpAddr = "10.1.2.3".parse().expect("ip");
+        // The client forged the first entry; our proxies appended the rest.
+        let h = headers(&["1.2.3.4, 198.51.100.7", "10.9.9.9"]);
+        assert_eq!(client_ip(proxy, &h, &trusted).to_string(), "198.51.100.7");
+        assert_eq!(client_ip(proxy, &headers(&[]), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &headers(&["garbage"]), &trusted), proxy);
+    }
 
     #[test]
     fn json_errors_never_quote_values() {

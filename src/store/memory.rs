@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::{
-    NewSession, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreResult, UserRecord,
+    LimitKey, NewSession, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreResult,
+    UserRecord,
 };
 use crate::clock::Clock;
 use crate::ids::{SessionId, UserId};
@@ -30,6 +31,8 @@ struct Inner {
     /// Revoked sessions, remembered until this epoch ms (the session's end, at most
     /// a day), so a refresh can say "revoked" rather than "expired".
     tombstones: HashMap<(UserId, SessionId), u64>,
+    /// Login attempt counters: (count, window end epoch ms).
+    limits: HashMap<LimitKey, (u32, u64)>,
 }
 
 /// Longest a revocation is remembered, ms.
@@ -127,6 +130,7 @@ impl MemoryStore {
             !sessions.is_empty()
         });
         inner.tombstones.retain(|_, until| *until > now);
+        inner.limits.retain(|_, (_, until)| *until > now);
         dropped
     }
 
@@ -318,6 +322,35 @@ impl SessionStore for MemoryStore {
         };
         record.password_hash = password_hash.to_owned();
         Ok(Some(inner.revoke_all(user, now)))
+    }
+
+    async fn hit_limit(
+        &self,
+        key: &LimitKey,
+        limit: u32,
+        window_ms: u64,
+    ) -> StoreResult<Option<u64>> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let entry = inner
+            .limits
+            .entry(key.clone())
+            .or_insert((0, now + window_ms));
+        if entry.1 <= now {
+            *entry = (0, now + window_ms);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        Ok((entry.0 > limit).then(|| entry.1 - now))
+    }
+
+    async fn release_limit(&self, key: &LimitKey, reset: bool) -> StoreResult<()> {
+        let mut inner = self.lock();
+        if reset {
+            inner.limits.remove(key);
+        } else if let Some(entry) = inner.limits.get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> StoreResult<()> {

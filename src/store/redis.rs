@@ -8,6 +8,7 @@
 //! | `tokend:{u:<uid>}:sessions` | sorted set of session ids by creation ms | latest absolute end |
 //! | `tokend:{u:<uid>}:user` | hash: `e` email, `p` argon2id hash | none |
 //! | `tokend:{e:<blake3(email)>}` | string: user id | none |
+//! | `tokend:{rl:<a or i>:<blake3(email or ip)>}` | string: login attempts in the window | the window |
 //!
 //! Scripts are sent by SHA and reloaded on `NOSCRIPT`.
 
@@ -17,8 +18,8 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 
 use super::{
-    NewSession, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError, StoreResult,
-    UserRecord,
+    LimitKey, NewSession, RotateOutcome, Rotation, SessionRecord, SessionStore, StoreError,
+    StoreResult, UserRecord,
 };
 use crate::ids::{SessionId, UserId};
 use crate::secret::Secret;
@@ -43,6 +44,8 @@ struct Scripts {
     revoke_all: Script,
     set_password: Script,
     list_sessions: Script,
+    hit_limit: Script,
+    release_limit: Script,
 }
 
 impl Scripts {
@@ -70,6 +73,8 @@ impl Scripts {
                 include_str!("lua/set_password.lua")
             )),
             list_sessions: Script::from_lua(include_str!("lua/list_sessions.lua")),
+            hit_limit: Script::from_lua(include_str!("lua/hit_limit.lua")),
+            release_limit: Script::from_lua(include_str!("lua/release_limit.lua")),
         }
     }
 }
@@ -99,6 +104,10 @@ fn index_key(user: &UserId) -> String {
 
 fn user_key(user: &UserId) -> String {
     format!("tokend:{{u:{user}}}:user")
+}
+
+fn limit_key(key: &LimitKey) -> String {
+    format!("tokend:{{rl:{}}}", key.storage_id())
 }
 
 fn email_key(email: &str) -> String {
@@ -462,6 +471,32 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(u64::try_from(n).ok())
+    }
+
+    async fn hit_limit(
+        &self,
+        key: &LimitKey,
+        limit: u32,
+        window_ms: u64,
+    ) -> StoreResult<Option<u64>> {
+        let retry: i64 = self
+            .run(
+                &self.scripts.hit_limit,
+                vec![limit_key(key)],
+                vec![int(u64::from(limit)), int(window_ms)],
+            )
+            .await?;
+        Ok(u64::try_from(retry).ok())
+    }
+
+    async fn release_limit(&self, key: &LimitKey, reset: bool) -> StoreResult<()> {
+        self.run::<i64>(
+            &self.scripts.release_limit,
+            vec![limit_key(key)],
+            vec![int(u64::from(reset))],
+        )
+        .await
+        .map(drop)
     }
 
     async fn ping(&self) -> StoreResult<()> {
