@@ -128,6 +128,11 @@ fn unavailable_or_protocol(e: Error) -> StoreError {
         | ErrorKind::Sentinel
         | ErrorKind::Auth => StoreError::Unavailable(e.to_string()),
         _ if is_transient_reply(e.details()) => StoreError::Unavailable(e.to_string()),
+        // The client's own failures while a connection closes ("Failed to route
+        // command.") carry no server error prefix; server replies start with "ERR".
+        ErrorKind::Unknown if !e.details().starts_with("ERR") => {
+            StoreError::Unavailable(e.to_string())
+        }
         _ => StoreError::Protocol(e.to_string()),
     }
 }
@@ -234,7 +239,7 @@ impl RedisStore {
         args: Vec<Value>,
     ) -> StoreResult<R> {
         script
-            .evalsha_with_reload(self.pool.next(), keys, args)
+            .evalsha_with_reload(self.pool.next_connected(), keys, args)
             .await
             .map_err(unavailable_or_protocol)
     }
@@ -245,7 +250,7 @@ impl SessionStore for RedisStore {
         // The user record first, then the email claim: a crash in between leaves an
         // unreachable record, never an email that points nowhere.
         let key = user_key(&user.id);
-        let client = self.pool.next();
+        let client = self.pool.next_connected();
         client
             .hset::<(), _, _>(
                 &key,
@@ -279,7 +284,7 @@ impl SessionStore for RedisStore {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
         let id: Option<String> = self
             .pool
-            .next()
+            .next_connected()
             .get(email_key(email))
             .await
             .map_err(unavailable_or_protocol)?;
@@ -292,7 +297,7 @@ impl SessionStore for RedisStore {
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {
         let (email, hash): (Option<String>, Option<String>) = self
             .pool
-            .next()
+            .next_connected()
             .hmget(user_key(id), vec!["e", "p"])
             .await
             .map_err(unavailable_or_protocol)?;
@@ -501,7 +506,7 @@ impl SessionStore for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.pool
-            .next()
+            .next_connected()
             .ping::<()>(None)
             .await
             .map_err(unavailable_or_protocol)
