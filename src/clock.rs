@@ -17,6 +17,10 @@ pub enum Clock {
         /// Tokio instant when the clock was created.
         start: tokio::time::Instant,
     },
+    /// A wall clock that starts at the system time and moves only when told to
+    /// ([`Clock::advance`]); for tests that step through grace windows and lifetimes
+    /// while talking to a real Redis.
+    Manual(std::sync::Arc<std::sync::atomic::AtomicU64>),
 }
 
 impl Clock {
@@ -28,10 +32,24 @@ impl Clock {
         }
     }
 
+    /// A manual clock set to the current system time.
+    pub fn manual() -> Self {
+        Clock::Manual(std::sync::Arc::new(system_ms().into()))
+    }
+
+    /// Moves a manual clock forward; other clocks ignore it.
+    pub fn advance(&self, by: std::time::Duration) {
+        if let Clock::Manual(now) = self {
+            let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX / 4);
+            now.fetch_add(by, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         match self {
             Clock::System => system_ms(),
+            Clock::Manual(now) => now.load(std::sync::atomic::Ordering::SeqCst),
             Clock::Tokio { base_ms, start } => {
                 base_ms + u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
             }

@@ -29,6 +29,8 @@ pub enum ApiError {
     Conflict,
     /// 413: body over the limit.
     PayloadTooLarge,
+    /// 431 (code `payload_too_large`): request headers over the limit.
+    HeadersTooLarge,
     /// 429: too many login attempts; retry after this many seconds.
     RateLimited(u64),
     /// 503: the session store cannot be reached.
@@ -78,6 +80,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "request body is larger than 16 KiB",
+            ),
+            ApiError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "payload_too_large",
+                "request headers are larger than 16 KiB",
             ),
             ApiError::RateLimited(_) => (
                 StatusCode::TOO_MANY_REQUESTS,

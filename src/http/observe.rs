@@ -67,6 +67,17 @@ fn query_carries_token(req: &Request) -> bool {
     })
 }
 
+/// Largest total of header names and values accepted, in bytes. hyper bounds what it
+/// buffers before this point, so memory stays flat whatever a client sends.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+fn header_bytes(req: &Request) -> usize {
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
 /// Wraps every request of the API router.
 pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -81,6 +92,8 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let mut response = if query_carries_token(&req) {
         ApiError::InvalidRequest("tokens and passwords are never accepted in the URL".to_owned())
             .into_response()
+    } else if header_bytes(&req) > MAX_HEADER_BYTES {
+        ApiError::HeadersTooLarge.into_response()
     } else {
         next.run(req).instrument(span.clone()).await
     };

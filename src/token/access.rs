@@ -340,6 +340,120 @@ mod tests {
         }
     }
 
+    fn sign_raw(pair: &ring::signature::Ed25519KeyPair, header: &str, claims: &str) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
+        let sig = pair.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+
+    fn claims_json(now: u64, extra: &str) -> String {
+        format!(
+            r#"{{"iss":"https://issuer","sub":"u","aud":"api","iat":{now},"exp":{},"jti":"j","sid":"s"{extra}}}"#,
+            now + 600
+        )
+    }
+
+    #[test]
+    fn keys_named_inside_a_token_are_never_used() {
+        let (keyring, _, verifier) = setup();
+        let rng = ring::rand::SystemRandom::new();
+        let attacker = Keyring::ephemeral(&rng);
+        let attacker_pair = &attacker.signing_key().pair;
+        let x = B64.encode(attacker_pair.public_key().as_ref());
+        let kid = &keyring.signing_key().kid;
+        for header in [
+            format!(
+                r#"{{"alg":"EdDSA","kid":"{kid}","jwk":{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}}}"#
+            ),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","jku":"http://127.0.0.1:9/jwks.json"}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","x5u":"http://127.0.0.1:9/cert.pem"}}"#),
+        ] {
+            let token = sign_raw(attacker_pair, &header, &claims_json(now(), ""));
+            assert_eq!(
+                verifier.verify(&token, now()),
+                Err(AccessTokenError::Signature),
+                "{header}"
+            );
+        }
+        let token = sign_raw(
+            attacker_pair,
+            &format!(r#"{{"alg":"EdDSA","jwk":{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}}}"#),
+            &claims_json(now(), ""),
+        );
+        assert_eq!(
+            verifier.verify(&token, now()),
+            Err(AccessTokenError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn not_before_and_algorithms_are_enforced() {
+        let (keyring, _, verifier) = setup();
+        let pair = &keyring.signing_key().pair;
+        let kid = &keyring.signing_key().kid;
+        let header = format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#);
+        let ok = sign_raw(pair, &header, &claims_json(now(), ""));
+        assert!(verifier.verify(&ok, now()).is_ok());
+        let early = sign_raw(
+            pair,
+            &header,
+            &claims_json(now(), &format!(r#","nbf":{}"#, now() + 600)),
+        );
+        assert_eq!(
+            verifier.verify(&early, now()),
+            Err(AccessTokenError::Claims)
+        );
+        let within_leeway = sign_raw(
+            pair,
+            &header,
+            &claims_json(now(), &format!(r#","nbf":{}"#, now() + 10)),
+        );
+        assert!(verifier.verify(&within_leeway, now()).is_ok());
+        for alg in ["HS256", "RS256", "ES256", "none"] {
+            let h = format!(r#"{{"alg":"{alg}","kid":"{kid}"}}"#);
+            let token = sign_raw(pair, &h, &claims_json(now(), ""));
+            assert!(verifier.verify(&token, now()).is_err(), "{alg}");
+        }
+        let no_kid = sign_raw(pair, r#"{"alg":"EdDSA"}"#, &claims_json(now(), ""));
+        assert_eq!(
+            verifier.verify(&no_kid, now()),
+            Err(AccessTokenError::UnknownKey)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_input_never_panics_or_verifies(input in ".{0,600}") {
+            let (_, _, verifier) = setup_static();
+            proptest::prop_assert!(verifier.verify(&input, now()).is_err());
+        }
+
+        #[test]
+        fn mutated_tokens_never_verify(pos in 0usize..400, byte in proptest::num::u8::ANY) {
+            let (_, signer, verifier) = setup_static();
+            let (user, session) = ids();
+            let token = signer.sign(&user, &session, "jti", now());
+            let mut bytes = token.clone().into_bytes();
+            let at = pos % bytes.len();
+            proptest::prop_assume!(bytes[at] != byte);
+            bytes[at] = byte;
+            if let Ok(mutated) = String::from_utf8(bytes) {
+                // Changing only the unused trailing bits of the last base64 character
+                // may decode to the same signature; anything else must fail.
+                if let Ok(claims) = verifier.verify(&mutated, now()) {
+                    proptest::prop_assert_eq!(claims.sub, user.as_str().to_owned());
+                    proptest::prop_assert!(at + 1 == token.len());
+                }
+            }
+        }
+    }
+
+    fn setup_static() -> &'static (Arc<Keyring>, AccessSigner, AccessVerifier) {
+        static SETUP: std::sync::OnceLock<(Arc<Keyring>, AccessSigner, AccessVerifier)> =
+            std::sync::OnceLock::new();
+        SETUP.get_or_init(setup)
+    }
+
     #[test]
     fn jwks_lists_every_key_with_a_stable_etag() {
         let (keyring, _, _) = setup();

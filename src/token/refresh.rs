@@ -248,6 +248,27 @@ mod tests {
         assert!(!hasher.is_stale_ancestor(&forged, &current_hash, 1000));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_input_never_panics(input in ".{0,200}") {
+            if let Ok(t) = RefreshToken::parse(&input) {
+                proptest::prop_assert_eq!(t.encode(), input);
+            }
+        }
+
+        #[test]
+        fn parsing_token_shaped_input_accepts_only_canonical_tokens(
+            user in "[A-Za-z0-9_-]{20,24}",
+            session in "[A-Za-z0-9_-]{20,24}",
+            secret in "[A-Za-z0-9_=.-]{40,46}",
+        ) {
+            let raw = format!("v1.{user}.{session}.{secret}");
+            if let Ok(t) = RefreshToken::parse(&raw) {
+                proptest::prop_assert_eq!(t.encode(), raw);
+            }
+        }
+    }
+
     #[test]
     fn debug_redacts_the_secret() {
         let t = token();

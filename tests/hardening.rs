@@ -1,0 +1,375 @@
+//! Races, outages and hostile input: each case is a fault real token services have
+//! shipped, run against both stores where it applies.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{Backend, RedisServer, TestApp, Tokens, test_args};
+use serde_json::json;
+use tokend::cli::ServeArgs;
+
+async fn app_on(
+    backend: &str,
+    tweak: impl FnOnce(&mut ServeArgs),
+) -> (TestApp, Option<RedisServer>) {
+    let (redis, backend) = match backend {
+        "memory" => (None, Backend::Memory),
+        _ => {
+            let r = RedisServer::any();
+            let url = r.url.clone();
+            (Some(r), Backend::Redis(url))
+        }
+    };
+    let mut args = test_args(&backend);
+    tweak(&mut args);
+    (TestApp::start(args).await, redis)
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("memory").await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("redis").await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    sixty_four_racers_with_zero_grace_mint_at_most_one_successor,
+    sixty_four_racers_with_grace_share_one_session_and_one_live_successor,
+    a_chain_rotated_within_one_second_still_catches_its_first_token,
+    oversized_headers_and_broken_jwts_never_reach_a_500,
+);
+
+async fn race(app: &TestApp, token: &str, n: usize) -> Vec<common::Reply> {
+    let racers = (0..n).map(|_| app.refresh(token));
+    futures::future::join_all(racers).await
+}
+
+async fn sixty_four_racers_with_zero_grace_mint_at_most_one_successor(backend: &str) {
+    let (app, _redis) = app_on(backend, |a| a.refresh_grace = Some("0".into())).await;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+    let replies = race(&app, &t.refresh, 64).await;
+    let ok: Vec<&common::Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    assert!(ok.len() <= 1, "{} successors minted", ok.len());
+    for r in &replies {
+        assert!(
+            r.status == 200
+                || (r.status == 401 && ["token_reused", "invalid_token"].contains(&r.code())),
+            "unexpected {} {}",
+            r.status,
+            r.body
+        );
+    }
+    // Any replay with zero grace is reuse: the session is gone, the minted token too.
+    if let Some(winner) = ok.first() {
+        assert_eq!(
+            app.refresh(&Tokens::from(&winner.body).refresh)
+                .await
+                .status,
+            401
+        );
+    }
+}
+
+async fn sixty_four_racers_with_grace_share_one_session_and_one_live_successor(backend: &str) {
+    let (app, _redis) = app_on(backend, |a| a.refresh_grace = Some("5s".into())).await;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+    let replies = race(&app, &t.refresh, 64).await;
+    let successors: HashSet<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.body["session_id"], t.session_id.as_str());
+            Tokens::from(&r.body).refresh
+        })
+        .collect();
+    assert_eq!(successors.len(), 1);
+    let successor = successors.into_iter().next().expect("one");
+    let next = app.refresh(&successor).await;
+    assert_eq!(next.status, 200);
+    let sessions = app
+        .get_bearer("/v1/sessions", &Tokens::from(&next.body).access)
+        .await;
+    assert_eq!(sessions.body["sessions"].as_array().map(Vec::len), Some(1));
+}
+
+async fn a_chain_rotated_within_one_second_still_catches_its_first_token(backend: &str) {
+    let (app, _redis) = app_on(backend, |_| {}).await;
+    let (email, password) = app.user().await;
+    let first = app.login(&email, &password, "laptop").await;
+    let started = Instant::now();
+    let mut t = first.clone();
+    for _ in 0..20 {
+        t = Tokens::from(&app.refresh(&t.refresh).await.body);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "chain took {:?}",
+        started.elapsed()
+    );
+    let r = app.refresh(&first.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "token_reused"));
+    assert_eq!(
+        app.refresh(&t.refresh).await.status,
+        401,
+        "the session was revoked"
+    );
+}
+
+async fn oversized_headers_and_broken_jwts_never_reach_a_500(backend: &str) {
+    let (app, _redis) = app_on(backend, |_| {}).await;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+
+    let big = "x".repeat(64 * 1024);
+    let r = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-padding", &big)
+        .send()
+        .await;
+    if let Ok(r) = r {
+        let status = r.status().as_u16();
+        assert!([413, 431].contains(&status), "oversized headers: {status}");
+    }
+
+    let b64 =
+        |s: &str| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s);
+    let (_, payload_and_sig) = t.access.split_once('.').expect("jws");
+    let jwk_header = b64(
+        r#"{"alg":"EdDSA","jwk":{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}}"#,
+    );
+    let jku_header = b64(r#"{"alg":"EdDSA","kid":"x","jku":"http://127.0.0.1:1/jwks"}"#);
+    let hs_header = b64(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let cases = vec![
+        "a".to_owned(),
+        "a.b".to_owned(),
+        "a.b.c.d".to_owned(),
+        "!!!.***.###".to_owned(),
+        format!("{}.{}", b64("not json"), payload_and_sig),
+        format!("{jwk_header}.{payload_and_sig}"),
+        format!("{jku_header}.{payload_and_sig}"),
+        format!("{hs_header}.{payload_and_sig}"),
+        format!("{}.{}.{}", b64("{}"), "A".repeat(3000), "B".repeat(3000)),
+        format!("{}.", t.access.rsplit_once('.').expect("sig").0),
+    ];
+    for bad in cases {
+        let r = app.get_bearer("/v1/sessions", &bad).await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"), "{bad:.40}");
+    }
+}
+
+/// Redis killed in the middle of a refresh load: every client either keeps a working
+/// token or gets a clear 503/401, and no rotation is half-applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_loses_no_session() {
+    let mut redis = RedisServer::private_persistent();
+    let app = TestApp::start(test_args(&Backend::Redis(redis.url.clone()))).await;
+    let (email, password) = app.user().await;
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        clients.push(
+            app.login(&email, &password, &format!("device-{i}"))
+                .await
+                .refresh,
+        );
+    }
+
+    let stop_at = Instant::now() + Duration::from_secs(3);
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        redis.start();
+    };
+    let load = futures::future::join_all(clients.iter_mut().map(|token| {
+        let app = &app;
+        async move {
+            let mut unavailable = 0;
+            while Instant::now() < stop_at {
+                let r = app.refresh(token).await;
+                match r.status {
+                    200 => *token = Tokens::from(&r.body).refresh,
+                    // The rotation may or may not have happened: retry with the same
+                    // token, which inside the grace window yields the same successor.
+                    503 => {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => panic!("refresh answered {other}: {}", r.body),
+                }
+            }
+            unavailable
+        }
+    }));
+    let (unavailable, ()) = tokio::join!(load, outage);
+    assert!(
+        unavailable.iter().sum::<u32>() > 0,
+        "the outage was observed"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for token in &clients {
+        loop {
+            let r = app.refresh(token).await;
+            if r.status == 200 {
+                break;
+            }
+            assert_eq!(r.status, 503, "a session was lost: {}", r.body);
+            assert!(Instant::now() < deadline, "Redis did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Thousands of logins whose sessions expire by TTL: the per-user index keeps only the
+/// live ones, and logout-all still ends them in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_index_never_outgrows_the_live_sessions() {
+    use tokend::ids::{SessionId, UserId};
+    use tokend::secret::Secret;
+    use tokend::store::redis::{RedisSettings, RedisStore};
+    use tokend::store::{NewSession, SessionStore};
+    use tokend::token::refresh::TokenHash;
+
+    let redis = RedisServer::private();
+    let store = RedisStore::connect(&RedisSettings {
+        url: Secret::new(redis.url.clone()),
+        command_timeout: Duration::from_secs(2),
+        pool_size: 2,
+    })
+    .expect("url");
+    assert!(store.wait_connected(Duration::from_secs(5)).await);
+    let rng = ring::rand::SystemRandom::new();
+    let user = UserId::generate(&rng);
+    let session = |ttl_ms: u64| {
+        let now = tokend::clock::Clock::System.now_ms();
+        NewSession {
+            user_id: user.clone(),
+            session_id: SessionId::generate(&rng),
+            token_hash: TokenHash([1; 32]),
+            device: None,
+            user_agent: None,
+            ip: None,
+            now_ms: now,
+            expires_at_ms: now + ttl_ms,
+            absolute_expires_at_ms: now + 3_600_000,
+        }
+    };
+    let index = format!("tokend:{{u:{user}}}:sessions");
+    for round in 0..40 {
+        for _ in 0..50 {
+            store.create_session(&session(30)).await.expect("create");
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let size: usize = redis.cli(&["ZCARD", &index]).trim().parse().expect("zcard");
+        assert!(size <= 50, "round {round}: index holds {size} after expiry");
+    }
+    store
+        .create_session(&session(3_600_000))
+        .await
+        .expect("create");
+    store
+        .create_session(&session(3_600_000))
+        .await
+        .expect("create");
+    let size: usize = redis.cli(&["ZCARD", &index]).trim().parse().expect("zcard");
+    assert_eq!(size, 2, "2000 expired sessions were pruned");
+    assert_eq!(store.list_sessions(&user, 0).await.expect("list").len(), 2);
+    assert_eq!(store.revoke_all(&user).await.expect("revoke all"), 2);
+    assert_eq!(redis.cli(&["EXISTS", &index]).trim(), "0");
+}
+
+/// The same pruning in the embedded store, under paused time.
+#[tokio::test(start_paused = true)]
+async fn the_embedded_index_never_outgrows_the_live_sessions() {
+    use tokend::clock::Clock;
+    use tokend::ids::{SessionId, UserId};
+    use tokend::store::memory::MemoryStore;
+    use tokend::store::{NewSession, SessionStore};
+    use tokend::token::refresh::TokenHash;
+
+    let clock = Clock::tokio();
+    let store = MemoryStore::new(clock.clone());
+    let rng = ring::rand::SystemRandom::new();
+    let user = UserId::generate(&rng);
+    for _ in 0..2000 {
+        let now = clock.now_ms();
+        store
+            .create_session(&NewSession {
+                user_id: user.clone(),
+                session_id: SessionId::generate(&rng),
+                token_hash: TokenHash([1; 32]),
+                device: None,
+                user_agent: None,
+                ip: None,
+                now_ms: now,
+                expires_at_ms: now + 1_000,
+                absolute_expires_at_ms: now + 3_600_000,
+            })
+            .await
+            .expect("create");
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(store.indexed_sessions(&user) <= 1);
+    }
+    assert_eq!(store.revoke_all(&user).await.expect("revoke"), 0);
+}
+
+/// A flood of logins waits for the bounded hashing pool; refreshes, which hash no
+/// password, keep being served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_queues_on_the_hashing_pool() {
+    let mut args = test_args(&Backend::Memory);
+    args.argon2_memory_kib = Some("8192".into());
+    args.hash_concurrency = Some("1".into());
+    args.login_max_failures_per_ip = Some("100000".into());
+    args.login_max_failures = Some("100000".into());
+    let app = TestApp::start(args).await;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+
+    let flood = futures::future::join_all((0..40).map(|i| {
+        app.post(
+            "/v1/auth/login",
+            json!({"email": format!("flood-{i}@example.com"), "password": "wrong password"}),
+        )
+    }));
+    let refreshes = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut token = t.refresh.clone();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let started = Instant::now();
+            let r = app.refresh(&token).await;
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(r.status, 200);
+            token = Tokens::from(&r.body).refresh;
+        }
+        slowest
+    };
+    let (flood, slowest) = tokio::join!(flood, refreshes);
+    assert!(flood.iter().all(|r| r.status == 401));
+    // Not a timing assertion on the machine's speed: refreshes must not wait for the
+    // queue of 40 hashes (each several ms), which would take far longer than this.
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a refresh waited {slowest:?} behind logins"
+    );
+}
