@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, RedisServer, TestApp, Tokens, test_args};
+use common::{RedisServer, TestApp, Tokens};
 use serde_json::json;
 use tokend::cli::ServeArgs;
 
@@ -16,20 +16,8 @@ struct Env {
 }
 
 async fn env_with(backend: &str, tweak: impl FnOnce(&mut ServeArgs)) -> Env {
-    let (redis, backend) = match backend {
-        "memory" => (None, Backend::Memory),
-        _ => {
-            let r = RedisServer::any();
-            let url = r.url.clone();
-            (Some(r), Backend::Redis(url))
-        }
-    };
-    let mut args = test_args(&backend);
-    tweak(&mut args);
-    Env {
-        app: TestApp::start(args).await,
-        _redis: redis,
-    }
+    let (app, redis) = common::app_on(backend, tweak).await;
+    Env { app, _redis: redis }
 }
 
 macro_rules! on_both_stores {

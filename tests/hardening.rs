@@ -6,26 +6,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Backend, RedisServer, TestApp, Tokens, test_args};
+use common::{Backend, RedisServer, TestApp, Tokens, app_on, test_args};
 use serde_json::json;
-use tokend::cli::ServeArgs;
-
-async fn app_on(
-    backend: &str,
-    tweak: impl FnOnce(&mut ServeArgs),
-) -> (TestApp, Option<RedisServer>) {
-    let (redis, backend) = match backend {
-        "memory" => (None, Backend::Memory),
-        _ => {
-            let r = RedisServer::any();
-            let url = r.url.clone();
-            (Some(r), Backend::Redis(url))
-        }
-    };
-    let mut args = test_args(&backend);
-    tweak(&mut args);
-    (TestApp::start(args).await, redis)
-}
 
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {

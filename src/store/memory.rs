@@ -96,6 +96,21 @@ impl Inner {
         live
     }
 
+    /// Whether `presented` is the current token of a live session, or that token's
+    /// predecessor (whose successor hash is `successor`).
+    fn holds(
+        &mut self,
+        user: &UserId,
+        session: &SessionId,
+        presented: TokenHash,
+        successor: TokenHash,
+        now_ms: u64,
+    ) -> bool {
+        self.live(user, now_ms)
+            .and_then(|s| s.get(session))
+            .is_some_and(|e| e.hash == presented || e.hash == successor)
+    }
+
     fn is_revoked(&self, user: &UserId, session: &SessionId, now_ms: u64) -> bool {
         self.tombstones
             .get(&(user.clone(), session.clone()))
@@ -254,11 +269,8 @@ impl SessionStore for MemoryStore {
     ) -> StoreResult<bool> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let matches = inner
-            .live(user, now)
-            .and_then(|s| s.get(session))
-            .is_some_and(|e| e.hash == presented || e.hash == successor);
-        Ok(matches && inner.revoke(user, session, now))
+        let holds = inner.holds(user, session, presented, successor, now);
+        Ok(holds && inner.revoke(user, session, now))
     }
 
     async fn revoke_session(&self, user: &UserId, session: &SessionId) -> StoreResult<bool> {
@@ -282,11 +294,8 @@ impl SessionStore for MemoryStore {
     ) -> StoreResult<Option<u64>> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let matches = inner
-            .live(user, now)
-            .and_then(|s| s.get(session))
-            .is_some_and(|e| e.hash == presented || e.hash == successor);
-        Ok(matches.then(|| inner.revoke_all(user, now)))
+        let holds = inner.holds(user, session, presented, successor, now);
+        Ok(holds.then(|| inner.revoke_all(user, now)))
     }
 
     async fn list_sessions(&self, user: &UserId, _now_ms: u64) -> StoreResult<Vec<SessionRecord>> {

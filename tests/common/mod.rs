@@ -373,3 +373,22 @@ pub fn unique() -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// An app on the named store ("memory" or "redis"), with settings tweaked by the
+/// test; the Redis server, if any, lives as long as the returned guard.
+pub async fn app_on(
+    backend: &str,
+    tweak: impl FnOnce(&mut ServeArgs),
+) -> (TestApp, Option<RedisServer>) {
+    let (redis, backend) = match backend {
+        "memory" => (None, Backend::Memory),
+        _ => {
+            let r = RedisServer::any();
+            let url = r.url.clone();
+            (Some(r), Backend::Redis(url))
+        }
+    };
+    let mut args = test_args(&backend);
+    tweak(&mut args);
+    (TestApp::start(args).await, redis)
+}

@@ -9,9 +9,4 @@ if KEYS[2] then
     return -1
   end
 end
-local n = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  n = n + revoke(ARGV[1] .. id)
-end
-redis.call('DEL', KEYS[1])
-return n
+return revoke_index(KEYS[1], ARGV[1])

@@ -5,9 +5,4 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
 redis.call('HSET', KEYS[1], 'p', ARGV[1])
-local n = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  n = n + revoke(ARGV[2] .. id)
-end
-redis.call('DEL', KEYS[2])
-return n
+return revoke_index(KEYS[2], ARGV[2])
