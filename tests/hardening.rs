@@ -35,7 +35,43 @@ on_both_stores!(
     sixty_four_racers_with_grace_share_one_session_and_one_live_successor,
     a_chain_rotated_within_one_second_still_catches_its_first_token,
     oversized_headers_and_broken_jwts_never_reach_a_500,
+    idle_expiry_slides_with_use_but_never_past_the_absolute_end,
 );
+
+async fn idle_expiry_slides_with_use_but_never_past_the_absolute_end(backend: &str) {
+    let (app, _redis) = app_on(backend, |a| {
+        a.session_idle_ttl = Some("700ms".into());
+        a.session_max_ttl = Some("2s".into());
+    })
+    .await;
+    let (email, password) = app.user().await;
+
+    // Left idle for longer than the idle lifetime, a session ends.
+    let idle = app.login(&email, &password, "idle").await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(app.refresh(&idle.refresh).await.code(), "invalid_token");
+
+    // Refreshed every 400 ms it lives on, but never past its absolute end.
+    let started = Instant::now();
+    let mut t = app.login(&email, &password, "busy").await;
+    while started.elapsed() + Duration::from_millis(400) < Duration::from_millis(1700) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let r = app.refresh(&t.refresh).await;
+        assert_eq!(r.status, 200, "at {:?}: {}", started.elapsed(), r.body);
+        let left = r.body["refresh_expires_in"]
+            .as_u64()
+            .expect("refresh_expires_in");
+        assert!(left <= 2, "the session may not outlive its absolute end");
+        t = Tokens::from(&r.body);
+    }
+    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(started.elapsed())).await;
+    let r = app.refresh(&t.refresh).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (401, "invalid_token"),
+        "refreshed recently, but past its end"
+    );
+}
 
 async fn race(app: &TestApp, token: &str, n: usize) -> Vec<common::Reply> {
     let racers = (0..n).map(|_| app.refresh(token));
