@@ -616,3 +616,43 @@ async fn login_limits_count_atomically_in_a_fixed_window<S: SessionStore>(f: Fix
         None
     );
 }
+
+async fn cluster_fixture(cluster: &common::RedisCluster) -> Fixture<RedisStore> {
+    let store = RedisStore::connect(&RedisSettings {
+        url: Secret::new(cluster.url.clone()),
+        command_timeout: Duration::from_secs(2),
+        pool_size: 2,
+    })
+    .expect("valid cluster url");
+    assert!(
+        store.wait_connected(Duration::from_secs(10)).await,
+        "cluster reachable"
+    );
+    Fixture {
+        store,
+        rng: ring::rand::SystemRandom::new(),
+        _redis: None,
+    }
+}
+
+/// Every rule holds on a three-primary Redis Cluster too: each script touches one
+/// slot, because every key of a user shares the `{u:<user id>}` hash tag.
+#[tokio::test]
+async fn a_redis_cluster_passes_the_whole_conformance_suite() {
+    let cluster = common::RedisCluster::start();
+    users_are_unique_by_email_and_found_by_email_and_id(cluster_fixture(&cluster).await).await;
+    rotation_moves_the_session_to_its_successor(cluster_fixture(&cluster).await).await;
+    predecessor_within_grace_replays_without_change(cluster_fixture(&cluster).await).await;
+    predecessor_after_grace_revokes_the_session(cluster_fixture(&cluster).await).await;
+    an_unrelated_token_reports_the_current_hash(cluster_fixture(&cluster).await).await;
+    unknown_sessions_are_unknown(cluster_fixture(&cluster).await).await;
+    revoke_by_token_accepts_current_and_predecessor_only(cluster_fixture(&cluster).await).await;
+    revoke_session_touches_only_that_session(cluster_fixture(&cluster).await).await;
+    revoke_all_ends_every_session_of_one_user(cluster_fixture(&cluster).await).await;
+    revoke_all_by_token_requires_a_live_token(cluster_fixture(&cluster).await).await;
+    every_kind_of_revocation_is_reported_as_revoked(cluster_fixture(&cluster).await).await;
+    login_limits_count_atomically_in_a_fixed_window(cluster_fixture(&cluster).await).await;
+    password_change_revokes_all_atomically(cluster_fixture(&cluster).await).await;
+    sessions_end_at_their_expiry_and_leave_the_index(cluster_fixture(&cluster).await).await;
+    listing_is_newest_first_with_all_fields(cluster_fixture(&cluster).await).await;
+}
