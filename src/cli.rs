@@ -152,4 +152,16 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish at shutdown (default 10s).
     #[arg(long, env = "TOKEND_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// Refresh cookie name after `__Secure-` (default `tokend_refresh`).
+    #[arg(long, env = "TOKEND_COOKIE_SUFFIX")]
+    pub cookie_suffix: Option<String>,
+    /// Refresh cookie `Domain`; unset (default) makes a host-only cookie.
+    #[arg(long, env = "TOKEND_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// Refresh cookie `SameSite`: `strict` (default), `lax`, or `none` (needs CORS origins).
+    #[arg(long, env = "TOKEND_COOKIE_SAMESITE")]
+    pub cookie_samesite: Option<String>,
+    /// Comma-separated origins whose pages may call the API with credentials.
+    #[arg(long, env = "TOKEND_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
 }

@@ -1,5 +1,8 @@
 //! Typed configuration, parsed once before any port is bound. A bad value is reported
-//! by its variable and flag name, never by its value (it may be a secret).
+//! by its variable and flag name, never by its value (it may be a secret). [`web`] holds
+//! the browser settings (refresh cookie and CORS).
+
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +11,7 @@ use std::time::Duration;
 use crate::cli::ServeArgs;
 use crate::password::Cost;
 use crate::secret::Secret;
+use web::{WebArgs, WebConfig};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Drain timeout at shutdown (default 10 s).
     pub shutdown_timeout: Duration,
+    /// Refresh cookie and CORS settings for browser front ends.
+    pub web: WebConfig,
 }
 
 /// A setting that failed validation.
@@ -220,6 +226,16 @@ impl Config {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let issuer = field!(args.issuer, "TOKEND_ISSUER").text("tokend")?;
+        let web = WebConfig::from_args(
+            &WebArgs {
+                cookie_suffix: args.cookie_suffix.as_deref(),
+                cookie_domain: args.cookie_domain.as_deref(),
+                cookie_samesite: args.cookie_samesite.as_deref(),
+                cors_origins: args.cors_origins.as_deref(),
+            },
+            &issuer,
+        )?;
         let keys = match &args.keys {
             Some(p) if p.as_os_str().is_empty() => None,
             other => other.clone(),
@@ -238,7 +254,7 @@ impl Config {
                 64,
                 "a whole number from 1 to 64",
             )? as usize,
-            issuer: field!(args.issuer, "TOKEND_ISSUER").text("tokend")?,
+            issuer,
             audience: field!(args.audience, "TOKEND_AUDIENCE").text("tokend")?,
             access_ttl: field!(args.access_ttl, "TOKEND_ACCESS_TTL")
                 .duration(Duration::from_secs(600), false)?,
@@ -285,6 +301,7 @@ impl Config {
             log_format,
             shutdown_timeout: field!(args.shutdown_timeout, "TOKEND_SHUTDOWN_TIMEOUT")
                 .duration(Duration::from_secs(10), true)?,
+            web,
         })
     }
 }

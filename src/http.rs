@@ -14,8 +14,12 @@
 //! | `GET /.well-known/jwks.json` | [`handlers::jwks_get`] |
 //! | `GET /healthz`, `GET /readyz` | [`handlers::healthz`], [`handlers::readyz`] |
 //!
-//! `/metrics` is served by [`metrics_app`] on its own listener.
+//! Every route answers CORS preflights and carries CORS headers for the origins of
+//! `TOKEND_CORS_ORIGINS` ([`cors`]). `/metrics` is served by [`metrics_app`] on its own
+//! listener.
 
+pub mod cookie;
+pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod handlers;
@@ -25,8 +29,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
 use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use self::cookie::RefreshCookie;
 
 use crate::lifecycle::Lifecycle;
 use crate::token::access::Jwks;
@@ -40,10 +47,15 @@ pub struct AppState {
     pub jwks: Arc<Jwks>,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// The refresh cookie of cookie transport.
+    pub cookie: Arc<RefreshCookie>,
+    /// Origins allowed cross-origin access with credentials, as browsers send `Origin`.
+    pub cors_origins: Arc<[HeaderValue]>,
 }
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
+    let origins = state.cors_origins.clone();
     Router::new()
         .route("/v1/users", post(handlers::users_create))
         .route("/v1/auth/login", post(handlers::auth_login))
@@ -62,6 +74,11 @@ pub fn app(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(cors::layer(&origins))
+        .layer(axum::middleware::from_fn_with_state(
+            origins,
+            cors::unlisted_get_none,
+        ))
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }

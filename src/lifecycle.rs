@@ -81,6 +81,9 @@ pub struct Issued {
     pub refresh_token: RefreshToken,
     /// Seconds until the session ends unless refreshed.
     pub refresh_expires_in: u64,
+    /// Seconds until the session ends at the latest, refreshed or not (its absolute
+    /// lifetime); a refresh cookie lives this long.
+    pub session_expires_in: u64,
     /// The session.
     pub session_id: SessionId,
 }
@@ -325,10 +328,16 @@ impl Lifecycle {
                 absolute_expires_at_ms: absolute,
             })
             .await?;
-        Ok(self.issue(token, now, expires))
+        Ok(self.issue(token, now, expires, absolute))
     }
 
-    fn issue(&self, refresh_token: RefreshToken, now_ms: u64, expires_at_ms: u64) -> Issued {
+    fn issue(
+        &self,
+        refresh_token: RefreshToken,
+        now_ms: u64,
+        expires_at_ms: u64,
+        absolute_expires_at_ms: u64,
+    ) -> Issued {
         let jti: [u8; 16] = ring::rand::generate(&self.rng)
             .expect("the system random source does not fail once initialised")
             .expose();
@@ -347,6 +356,7 @@ impl Lifecycle {
             session_id: refresh_token.session_id.clone(),
             refresh_token,
             refresh_expires_in: secs_until(expires_at_ms, now_ms),
+            session_expires_in: secs_until(absolute_expires_at_ms, now_ms),
         }
     }
 
@@ -389,12 +399,20 @@ impl Lifecycle {
             .await?;
 
         match outcome {
-            RotateOutcome::Rotated { expires_at_ms } => {
-                Ok((self.issue(successor, now, expires_at_ms), false))
-            }
-            RotateOutcome::Replayed { expires_at_ms } => {
-                Ok((self.issue(successor, now, expires_at_ms), true))
-            }
+            RotateOutcome::Rotated {
+                expires_at_ms,
+                absolute_expires_at_ms,
+            } => Ok((
+                self.issue(successor, now, expires_at_ms, absolute_expires_at_ms),
+                false,
+            )),
+            RotateOutcome::Replayed {
+                expires_at_ms,
+                absolute_expires_at_ms,
+            } => Ok((
+                self.issue(successor, now, expires_at_ms, absolute_expires_at_ms),
+                true,
+            )),
             RotateOutcome::Reused => {
                 tracing::warn!(
                     user_id = %token.user_id,

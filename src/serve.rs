@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::http::cookie::RefreshCookie;
 use crate::http::{self, AppState};
 use crate::lifecycle::{Lifecycle, LoginLimits, Policy};
 use crate::password::PasswordHasher;
@@ -117,12 +119,24 @@ pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, Star
         max_ttl_s = config.session_max_ttl.as_secs(),
         grace_ms = config.refresh_grace.as_millis() as u64,
         registration_open = config.registration_open,
+        cookie = %config.web.cookie.name,
+        cookie_domain = config.web.cookie.domain.as_deref().unwrap_or("(host only)"),
+        cookie_samesite = ?config.web.cookie.same_site,
+        cors_origins = config.web.cors_origins.len(),
         "configured"
     );
+    let cors_origins = config
+        .web
+        .cors_origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).expect("validated origins are visible ASCII"))
+        .collect();
     Ok(AppState {
         trusted_proxies: Arc::from(config.trusted_proxies.as_slice()),
         jwks: Arc::new(Jwks::new(&keyring)),
         lifecycle: Arc::new(lifecycle),
+        cookie: Arc::new(RefreshCookie::new(&config.web.cookie)),
+        cors_origins,
     })
 }
 

@@ -93,12 +93,16 @@ pub enum RotateOutcome {
     Rotated {
         /// New end of the session, epoch ms.
         expires_at_ms: u64,
+        /// Absolute end of the session, epoch ms (unchanged by rotation).
+        absolute_expires_at_ms: u64,
     },
     /// The presented token was rotated moments ago (within the grace window): its
     /// successor is current and stays so. Nothing changed.
     Replayed {
         /// End of the session, epoch ms.
         expires_at_ms: u64,
+        /// Absolute end of the session, epoch ms.
+        absolute_expires_at_ms: u64,
     },
     /// The presented token was rotated longer ago than the grace window: the session
     /// has been revoked.

@@ -67,6 +67,10 @@ on_both_stores!(
     health_readiness_and_unknown_routes,
     tokens_in_the_url_are_refused,
     cookie_transport_keeps_the_refresh_token_out_of_the_body,
+    the_cookie_lives_to_the_sessions_absolute_end_and_both_transports_coexist,
+    logout_all_by_cookie_clears_it_with_the_same_scope_even_for_a_gone_session,
+    pages_of_other_origins_cannot_plant_use_or_drop_the_cookie,
+    cors_answers_listed_origins_only,
     failed_logins_lock_the_account_for_a_bounded_window,
     concurrent_wrong_guesses_never_evaluate_more_than_the_limit,
     a_successful_login_clears_the_account_failures,
@@ -765,8 +769,8 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     assert_ne!(rotated.split(';').next(), Some(pair.as_str()));
     let rotated_pair = rotated.split(';').next().expect("name=value").to_owned();
 
-    // Logout by cookie without the CSRF header is refused, revokes nothing, and still
-    // clears the cookie; with the header it ends the session.
+    // Logout by cookie without the CSRF header is refused and revokes nothing; with the
+    // header it ends the session and clears the cookie.
     let logout = |csrf: bool| {
         let mut req = app
             .http
@@ -781,7 +785,22 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     assert_eq!((r.status, r.code()), (403, "forbidden"));
     assert!(
         r.header("set-cookie")
-            .is_some_and(|c| c.contains("Max-Age=0"))
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "logout clears the cookie on every answer to a non-browser or same-site caller"
+    );
+    let r = common::Reply::read(
+        app.http
+            .post(app.url("/v1/auth/logout"))
+            .header("cookie", &rotated_pair)
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    assert!(
+        r.header("set-cookie").is_none(),
+        "a page of another site can neither log out nor drop the cookie"
     );
     let r = common::Reply::read(logout(true).await).await;
     assert_eq!(r.status, 204);
@@ -799,6 +818,230 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     )
     .await;
     assert_eq!((r.status, r.code()), (401, "invalid_token"));
+}
+
+/// The `name=value` part and the attributes of a `Set-Cookie` header.
+fn cookie_parts(set_cookie: &str) -> (String, Vec<String>) {
+    let mut parts = set_cookie.split(';').map(|p| p.trim().to_owned());
+    let pair = parts.next().expect("name=value");
+    let mut attrs: Vec<String> = parts.filter(|p| !p.starts_with("Max-Age")).collect();
+    attrs.sort();
+    (pair, attrs)
+}
+
+fn max_age(set_cookie: &str) -> u64 {
+    set_cookie
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("Max-Age="))
+        .and_then(|v| v.parse().ok())
+        .expect("Max-Age")
+}
+
+async fn cookie_login(app: &TestApp, email: &str, password: &str) -> common::Reply {
+    app.post(
+        "/v1/auth/login",
+        json!({"email": email, "password": password, "transport": "cookie"}),
+    )
+    .await
+}
+
+/// A cookie request as a same-origin page sends it: the cookie and the CSRF header.
+async fn with_cookie(app: &TestApp, path: &str, pair: &str) -> common::Reply {
+    common::Reply::read(
+        app.http
+            .post(app.url(path))
+            .header("cookie", pair)
+            .header("x-requested-with", "tokend")
+            .send()
+            .await,
+    )
+    .await
+}
+
+async fn the_cookie_lives_to_the_sessions_absolute_end_and_both_transports_coexist(backend: &str) {
+    let env = env_with(backend, |a| {
+        a.session_idle_ttl = Some("1h".into());
+        a.session_max_ttl = Some("1d".into());
+    })
+    .await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let mobile = app.login(&email, &password, "phone").await;
+
+    let r = cookie_login(app, &email, &password).await;
+    assert_eq!(r.status, 200);
+    let set = r.header("set-cookie").expect("cookie").to_owned();
+    let idle = r.body["refresh_expires_in"].as_u64().expect("seconds");
+    assert!(
+        (3590..=3600).contains(&idle),
+        "body keeps the idle end: {idle}"
+    );
+    assert!((86_390..=86_400).contains(&max_age(&set)), "{set}");
+
+    let (pair, _) = cookie_parts(&set);
+    let r = with_cookie(app, "/v1/auth/refresh", &pair).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let set = r.header("set-cookie").expect("replaced").to_owned();
+    assert!((86_390..=86_400).contains(&max_age(&set)), "{set}");
+
+    // The phone's body transport is untouched by the browser's cookie session.
+    let r = app.refresh(&mobile.refresh).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["refresh_token"].is_string());
+    assert!(r.header("set-cookie").is_none());
+    let t = Tokens::from(&r.body);
+    let r = app.get_bearer("/v1/sessions", &t.access).await;
+    assert_eq!(r.body["sessions"].as_array().map(Vec::len), Some(2));
+}
+
+async fn logout_all_by_cookie_clears_it_with_the_same_scope_even_for_a_gone_session(backend: &str) {
+    let env = env_with(backend, |a| {
+        a.cookie_domain = Some("tokend.test".into());
+        a.cookie_suffix = Some("web".into());
+    })
+    .await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let other = app.login(&email, &password, "phone").await;
+    let r = cookie_login(app, &email, &password).await;
+    let set = r.header("set-cookie").expect("cookie").to_owned();
+    let (pair, attrs) = cookie_parts(&set);
+    assert!(pair.starts_with("__Secure-web="), "{pair}");
+    assert!(attrs.contains(&"Domain=tokend.test".to_owned()), "{set}");
+
+    for round in ["live", "gone"] {
+        let r = with_cookie(app, "/v1/auth/logout-all", &pair).await;
+        match round {
+            "live" => assert_eq!(r.status, 204, "{}", r.body),
+            _ => assert_eq!((r.status, r.code()), (401, "invalid_token")),
+        }
+        let cleared = r.header("set-cookie").expect("cleared").to_owned();
+        assert_eq!(max_age(&cleared), 0, "{round}: {cleared}");
+        let (cleared_pair, cleared_attrs) = cookie_parts(&cleared);
+        assert_eq!(cleared_pair, "__Secure-web=");
+        assert_eq!(cleared_attrs, attrs, "{round}: same Path, Domain and flags");
+    }
+    assert_eq!(app.refresh(&other.refresh).await.status, 401);
+}
+
+async fn pages_of_other_origins_cannot_plant_use_or_drop_the_cookie(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let cross = |path: &str| {
+        app.http
+            .post(app.url(path))
+            .header("sec-fetch-site", "cross-site")
+            .header("origin", "http://evil.test")
+    };
+
+    // A forged cookie-transport login would plant the attacker's session.
+    let r = common::Reply::read(
+        cross("/v1/auth/login")
+            .json(&json!({"email": email, "password": password, "transport": "cookie"}))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    assert!(r.header("set-cookie").is_none());
+
+    let r = cookie_login(app, &email, &password).await;
+    let (pair, _) = cookie_parts(r.header("set-cookie").expect("cookie"));
+
+    // A form posted by another site: SameSite kept the cookie home, and the request is
+    // refused without dropping the cookie.
+    for path in ["/v1/auth/refresh", "/v1/auth/logout", "/v1/auth/logout-all"] {
+        let r = common::Reply::read(cross(path).send().await).await;
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{path}");
+        assert!(r.header("set-cookie").is_none(), "{path}");
+    }
+    // With SameSite=None a cross-site form would carry the cookie: still refused.
+    let r = common::Reply::read(
+        cross("/v1/auth/logout")
+            .header("cookie", &pair)
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    // A JSON body in a text/plain form logs out an unknown token but cannot drop the
+    // browser's cookie.
+    let r = common::Reply::read(
+        cross("/v1/auth/logout")
+            .header("content-type", "text/plain")
+            .body(r#"{"refresh_token": "v1.nope"}"#)
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(r.header("set-cookie").is_none());
+
+    let r = with_cookie(app, "/v1/auth/refresh", &pair).await;
+    assert_eq!(r.status, 200, "the session is still live: {}", r.body);
+}
+
+async fn cors_answers_listed_origins_only(backend: &str) {
+    let env = env_with(backend, |a| {
+        a.cors_origins = Some("https://app.tokend.test, http://localhost:5173".into());
+    })
+    .await;
+    let app = &env.app;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/v1/auth/refresh"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "x-requested-with,content-type",
+            )
+            .send()
+    };
+    let cors_headers = |r: &common::Reply| {
+        r.headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .count()
+    };
+
+    for origin in ["https://app.tokend.test", "http://localhost:5173"] {
+        let r = common::Reply::read(preflight(origin).await).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        let allowed = r
+            .header("access-control-allow-headers")
+            .expect("allowed headers")
+            .to_ascii_lowercase();
+        for h in ["x-requested-with", "content-type", "authorization"] {
+            assert!(allowed.contains(h), "{h} in {allowed}");
+        }
+        assert!(r.header("access-control-allow-methods").is_some());
+        assert!(r.header("vary").is_some_and(|v| v.contains("origin")));
+    }
+
+    let r = common::Reply::read(preflight("https://evil.test").await).await;
+    assert_eq!(cors_headers(&r), 0, "{:?}", r.headers);
+    assert!(r.header("vary").is_some_and(|v| v.contains("origin")));
+
+    for (origin, listed) in [
+        ("https://app.tokend.test", true),
+        ("https://evil.test", false),
+    ] {
+        let r = common::Reply::read(
+            app.http
+                .get(app.url("/healthz"))
+                .header("origin", origin)
+                .send()
+                .await,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(cors_headers(&r) > 0, listed, "{origin}: {:?}", r.headers);
+        assert!(r.header("vary").is_some_and(|v| v.contains("origin")));
+    }
 }
 
 async fn failed_logins_lock_the_account_for_a_bounded_window(backend: &str) {

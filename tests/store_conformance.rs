@@ -194,7 +194,7 @@ async fn rotation_moves_the_session_to_its_successor<S: SessionStore>(f: Fixture
     let s = f.session(&user, hash(1), HOUR_MS).await;
     let t = now();
     assert!(
-        matches!(f.rotate(&user, &s, 1, 2, t, 10_000).await, RotateOutcome::Rotated { expires_at_ms } if expires_at_ms == t + HOUR_MS)
+        matches!(f.rotate(&user, &s, 1, 2, t, 10_000).await, RotateOutcome::Rotated { expires_at_ms, .. } if expires_at_ms == t + HOUR_MS)
     );
     assert!(matches!(
         f.rotate(&user, &s, 2, 3, t + 1, 10_000).await,
@@ -210,12 +210,20 @@ async fn predecessor_within_grace_replays_without_change<S: SessionStore>(f: Fix
     let user = f.user();
     let s = f.session(&user, hash(1), HOUR_MS).await;
     let t = now();
-    f.rotate(&user, &s, 1, 2, t, 10_000).await;
+    let RotateOutcome::Rotated {
+        absolute_expires_at_ms: absolute,
+        ..
+    } = f.rotate(&user, &s, 1, 2, t, 10_000).await
+    else {
+        panic!("the first rotation rotates");
+    };
+    // The session was created a moment before `t` with a 24 h absolute lifetime.
+    assert!((t + 24 * HOUR_MS - 1_000..=t + 24 * HOUR_MS).contains(&absolute));
     for dt in [0, 5_000, 9_999] {
         assert!(
             matches!(
                 f.rotate(&user, &s, 1, 2, t + dt, 10_000).await,
-                RotateOutcome::Replayed { .. }
+                RotateOutcome::Replayed { absolute_expires_at_ms, .. } if absolute_expires_at_ms == absolute
             ),
             "at +{dt}ms"
         );
@@ -466,7 +474,8 @@ async fn embedded_store_expiry_slides_but_never_past_the_absolute_end() {
         assert_eq!(
             outcome,
             RotateOutcome::Rotated {
-                expires_at_ms: expected
+                expires_at_ms: expected,
+                absolute_expires_at_ms: t0 + 30 * day,
             },
             "step {step}"
         );

@@ -5,24 +5,16 @@ use axum::extract::{FromRequestParts as _, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
-use axum_extra::extract::cookie::{Cookie, SameSite};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use super::cookie::{RefreshCookie, has_csrf_header, may_touch_cookie};
 use super::error::ApiError;
 use super::extract::{Caller, ClientInfo, JsonBody, OptionalJsonBody, bearer};
 use crate::clock::rfc3339;
 use crate::lifecycle::{ClientMeta, Issued};
 use crate::secret::Secret;
 use crate::store::SessionStore as _;
-
-/// Name of the refresh-token cookie in cookie transport.
-pub const REFRESH_COOKIE: &str = "__Secure-tokend_refresh";
-/// Header a cookie-authenticated request must carry (a custom header forces a CORS
-/// preflight cross-site, which is the CSRF defence).
-pub const CSRF_HEADER: &str = "x-requested-with";
-/// The value [`CSRF_HEADER`] must have.
-pub const CSRF_VALUE: &str = "tokend";
 
 /// Body of `POST /v1/users`.
 #[derive(Deserialize)]
@@ -88,30 +80,21 @@ struct SessionJson {
     current: bool,
 }
 
-fn refresh_cookie(value: String, max_age_secs: u64) -> Cookie<'static> {
-    Cookie::build((REFRESH_COOKIE, value))
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Strict)
-        .path("/v1/auth")
-        .max_age(time::Duration::seconds(
-            i64::try_from(max_age_secs).unwrap_or(i64::MAX),
-        ))
-        .build()
-}
-
-fn cleared_cookie() -> Cookie<'static> {
-    refresh_cookie(String::new(), 0)
-}
-
-/// The token response; in cookie transport the refresh token goes into the cookie.
-fn token_response(issued: &Issued, transport: Transport, jar: CookieJar) -> Response {
+/// The token response; in cookie transport the refresh token goes into the cookie,
+/// which lives until the session's absolute end: refreshes keep replacing it, and the
+/// session's idle end is enforced by the store whatever the browser keeps.
+fn token_response(
+    issued: &Issued,
+    transport: Transport,
+    cookie: &RefreshCookie,
+    jar: CookieJar,
+) -> Response {
     let refresh = issued.refresh_token.encode();
     let (refresh_in_body, jar) = match transport {
         Transport::Body => (Some(refresh), jar),
         Transport::Cookie => (
             None,
-            jar.add(refresh_cookie(refresh, issued.refresh_expires_in)),
+            jar.add(cookie.set(refresh, issued.session_expires_in)),
         ),
     };
     let body = TokenResponse {
@@ -129,26 +112,43 @@ fn token_response(issued: &Issued, transport: Transport, jar: CookieJar) -> Resp
     response
 }
 
-/// The refresh token of a request: from the body, else from the cookie (which needs
-/// the anti-CSRF header).
+/// The refresh token of a request: from the body, else from the cookie.
+///
+/// # Errors
+/// `Forbidden` when a request without a token in its body lacks the anti-CSRF header
+/// and either carries the cookie or comes, by the browser's word, from another origin
+/// (a form another site submits).
 fn presented_token(
     body: Option<TokenRequest>,
+    cookie: &RefreshCookie,
     jar: &CookieJar,
     headers: &HeaderMap,
 ) -> Result<Option<(String, Transport)>, ApiError> {
     if let Some(token) = body.and_then(|b| b.refresh_token) {
         return Ok(Some((token.expose().to_owned(), Transport::Body)));
     }
-    let Some(cookie) = jar.get(REFRESH_COOKIE) else {
-        return Ok(None);
-    };
-    let csrf_ok = headers
-        .get(CSRF_HEADER)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(CSRF_VALUE.as_bytes()));
-    if !csrf_ok {
+    let value = cookie.read(jar);
+    if !has_csrf_header(headers) && (value.is_some() || !may_touch_cookie(headers)) {
         return Err(ApiError::Forbidden);
     }
-    Ok(Some((cookie.value().to_owned(), Transport::Cookie)))
+    Ok(value.map(|v| (v.to_owned(), Transport::Cookie)))
+}
+
+/// An answer of logout or logout-all: it clears the cookie, errors included, unless a
+/// browser marked the request as coming from another site without the anti-CSRF
+/// header (see [`may_touch_cookie`]), so that another site cannot log the browser out.
+fn clearing_cookie(
+    state: &AppState,
+    jar: CookieJar,
+    headers: &HeaderMap,
+    outcome: Result<StatusCode, ApiError>,
+) -> Response {
+    // The contract clears the cookie on every answer; only a request a browser marked
+    // as coming from another site may not drop it (logout CSRF).
+    if !may_touch_cookie(headers) {
+        return outcome.into_response();
+    }
+    (jar.add(state.cookie.cleared()), outcome).into_response()
 }
 
 /// `POST /v1/users`: registers a user.
@@ -169,13 +169,19 @@ pub async fn users_create(
 
 /// `POST /v1/auth/login`: checks the password and opens a session.
 ///
-/// Rejects unknown email and wrong password alike (401 `invalid_credentials`).
+/// Rejects unknown email and wrong password alike (401 `invalid_credentials`), and
+/// cookie transport asked by a page of another origin without the anti-CSRF header
+/// (403: a forged login would plant the attacker's session in the browser).
 pub async fn auth_login(
     State(state): State<AppState>,
     client: ClientInfo,
+    headers: HeaderMap,
     jar: CookieJar,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    if req.transport == Transport::Cookie && !may_touch_cookie(&headers) {
+        return Err(ApiError::Forbidden);
+    }
     let meta = ClientMeta {
         device: req.device,
         user_agent: client.user_agent,
@@ -185,7 +191,7 @@ pub async fn auth_login(
         .lifecycle
         .login(&req.email, &req.password, meta)
         .await?;
-    Ok(token_response(&issued, req.transport, jar))
+    Ok(token_response(&issued, req.transport, &state.cookie, jar))
 }
 
 /// `POST /v1/auth/refresh`: rotates the refresh token and issues a new access token.
@@ -198,14 +204,15 @@ pub async fn auth_refresh(
     jar: CookieJar,
     OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    let (token, transport) = presented_token(body, &jar, &headers)?
+    let (token, transport) = presented_token(body, &state.cookie, &jar, &headers)?
         .ok_or_else(|| ApiError::InvalidRequest("missing field `refresh_token`".to_owned()))?;
     let issued = state.lifecycle.refresh(&token).await?;
-    Ok(token_response(&issued, transport, jar))
+    Ok(token_response(&issued, transport, &state.cookie, jar))
 }
 
 /// `POST /v1/auth/logout`: ends the refresh token's session; 204 even when the token
-/// is unknown. Every answer, errors included, clears the cookie.
+/// is unknown. Every answer clears the cookie, except to a cross-site browser request
+/// without the anti-CSRF header.
 pub async fn auth_logout(State(state): State<AppState>, req: Request) -> Response {
     let jar = CookieJar::from_headers(req.headers());
     let headers = req.headers().clone();
@@ -215,35 +222,44 @@ pub async fn auth_logout(State(state): State<AppState>, req: Request) -> Respons
                 req, &state,
             )
             .await?;
-        if let Some((token, _)) = presented_token(body, &jar, &headers)? {
+        if let Some((token, _)) = presented_token(body, &state.cookie, &jar, &headers)? {
             state.lifecycle.logout(&token).await?;
         }
         Ok::<_, ApiError>(StatusCode::NO_CONTENT)
     }
     .await;
-    (jar.clone().add(cleared_cookie()), outcome).into_response()
+    clearing_cookie(&state, jar, &headers, outcome)
 }
 
 /// `POST /v1/auth/logout-all`: ends every session of the user identified by a refresh
 /// token (body or cookie) or a bearer access token.
-pub async fn auth_logout_all(
-    State(state): State<AppState>,
+///
+/// Rejects a caller it cannot identify (401 `invalid_token`: no token, or a refresh
+/// token whose session is already gone). Every answer clears the cookie, except to a
+/// cross-site browser request without the anti-CSRF header.
+pub async fn auth_logout_all(State(state): State<AppState>, req: Request) -> Response {
+    let jar = CookieJar::from_headers(req.headers());
+    let headers = req.headers().clone();
+    let outcome = logout_all(&state, &jar, &headers, req).await;
+    clearing_cookie(&state, jar, &headers, outcome)
+}
+
+async fn logout_all(
+    state: &AppState,
+    jar: &CookieJar,
+    headers: &HeaderMap,
     req: Request,
-) -> Result<Response, ApiError> {
+) -> Result<StatusCode, ApiError> {
     let (mut parts, body) = req.into_parts();
-    let jar = CookieJar::from_headers(&parts.headers);
-    let has_bearer = bearer(&parts).is_some();
-    let caller = if has_bearer {
-        Some(Caller::from_request_parts(&mut parts, &state).await?)
+    let caller = if bearer(&parts).is_some() {
+        Some(Caller::from_request_parts(&mut parts, state).await?)
     } else {
         None
     };
     let req = Request::from_parts(parts, body);
-    let headers = req.headers().clone();
-    let OptionalJsonBody(body) = <OptionalJsonBody<TokenRequest> as axum::extract::FromRequest<
-        _,
-    >>::from_request(req, &state)
-    .await?;
+    let OptionalJsonBody(body) =
+        <OptionalJsonBody<TokenRequest> as axum::extract::FromRequest<_>>::from_request(req, state)
+            .await?;
     let body_token = body.and_then(|b| b.refresh_token);
 
     match (body_token, caller) {
@@ -257,12 +273,12 @@ pub async fn auth_logout_all(
             state.lifecycle.logout_all(&claims).await?;
         }
         (None, None) => {
-            let (token, _) =
-                presented_token(None, &jar, &headers)?.ok_or(ApiError::InvalidToken)?;
+            let (token, _) = presented_token(None, &state.cookie, jar, headers)?
+                .ok_or(ApiError::InvalidToken)?;
             state.lifecycle.logout_all_by_refresh(&token).await?;
         }
     }
-    Ok((StatusCode::NO_CONTENT, jar.add(cleared_cookie())).into_response())
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/sessions`: the caller's live sessions, newest first.

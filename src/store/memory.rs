@@ -244,12 +244,16 @@ impl SessionStore for MemoryStore {
             entry.rotated_at_ms = now;
             entry.last_used_at_ms = now;
             entry.expires_at_ms = expires_at_ms;
-            return Ok(RotateOutcome::Rotated { expires_at_ms });
+            return Ok(RotateOutcome::Rotated {
+                expires_at_ms,
+                absolute_expires_at_ms: entry.absolute_ms,
+            });
         }
         if entry.hash == r.successor {
             if now.saturating_sub(entry.rotated_at_ms) < r.grace_ms {
                 return Ok(RotateOutcome::Replayed {
                     expires_at_ms: entry.expires_at_ms,
+                    absolute_expires_at_ms: entry.absolute_ms,
                 });
             }
             inner.revoke(r.user_id, r.session_id, clock_now);

@@ -341,19 +341,21 @@ impl SessionStore for RedisStore {
             Value::from(r.session_id.as_str()),
         ];
         let reply: Vec<Value> = self.run(&self.scripts.rotate, keys, args).await?;
-        let expires = || {
+        let at = |i: usize| {
             reply
-                .get(1)
+                .get(i)
                 .and_then(as_u64)
                 .ok_or_else(|| protocol("rotate"))
         };
         match reply.first().and_then(as_u64) {
             Some(0) => Ok(RotateOutcome::Unknown),
             Some(1) => Ok(RotateOutcome::Rotated {
-                expires_at_ms: expires()?,
+                expires_at_ms: at(1)?,
+                absolute_expires_at_ms: at(2)?,
             }),
             Some(2) => Ok(RotateOutcome::Replayed {
-                expires_at_ms: expires()?,
+                expires_at_ms: at(1)?,
+                absolute_expires_at_ms: at(2)?,
             }),
             Some(3) => Ok(RotateOutcome::Reused),
             Some(5) => Ok(RotateOutcome::Revoked),

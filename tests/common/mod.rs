@@ -98,6 +98,7 @@ impl RedisServer {
 
     /// (Re)starts the private server on its port.
     pub fn start(&mut self) {
+        require_program("redis-server", "redis-server");
         let mut args = vec![
             "--port".to_owned(),
             self.port.to_string(),
@@ -402,6 +403,7 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        require_program("redis-server", "redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
@@ -473,4 +475,49 @@ impl Drop for RedisCluster {
             let _ = node.wait();
         }
     }
+}
+
+/// Makes sure a system program the tests drive is installed: when it is missing and
+/// the tests run as root on a Debian-like machine (as CI does), installs `package`
+/// with apt-get; otherwise fails with the command to run. Keeps `cargo test` the one
+/// command that sets up and runs the whole suite.
+pub fn require_program(program: &str, package: &str) {
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let found = |p: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found(program) {
+        return;
+    }
+    let _guard = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if found(program) {
+        return;
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    assert!(
+        is_root && found("apt-get"),
+        "{program} is missing: install it with `apt-get install -y {package}`"
+    );
+    let installed = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"
+            ),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && found(program),
+        "apt-get install -y {package} failed"
+    );
 }

@@ -1,6 +1,6 @@
 -- Rotates a session's refresh token. Returns {code, ...}:
---   {1, expires_at}  rotated: presented was current, successor is now current
---   {2, expires_at}  replayed within the grace window: successor stays current
+--   {1, expires_at, absolute}  rotated: presented was current, successor is now current
+--   {2, expires_at, absolute}  replayed within the grace window: successor stays current
 --   {3}              reuse after the grace window: session revoked
 --   {4, current}     presented is neither current nor its predecessor
 --   {5}              the session was revoked
@@ -27,11 +27,11 @@ if current == ARGV[1] then
   end
   redis.call('HSET', KEYS[1], 'h', ARGV[2], 'r', ARGV[3], 'l', ARGV[3])
   redis.call('PEXPIREAT', KEYS[1], expires)
-  return {1, expires}
+  return {1, expires, absolute}
 end
 if current == ARGV[2] then
   if now - tonumber(s[2]) < tonumber(ARGV[5]) then
-    return {2, math.min(tonumber(s[3]) + idle, absolute)}
+    return {2, math.min(tonumber(s[3]) + idle, absolute), absolute}
   end
   revoke(KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[6])
