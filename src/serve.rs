@@ -147,24 +147,30 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers for SIGTERM and Ctrl-C now, so a signal that arrives as soon as the ports
+/// are open already means "drain", and returns a future that resolves on the first.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }
 
@@ -173,6 +179,7 @@ async fn shutdown_signal() {
 /// # Errors
 /// [`StartError`] if the state cannot be built or a port cannot be bound.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let shutdown = shutdown_signal();
     let handle = crate::metrics::install().map_err(StartError::Metrics)?;
     let state = build_state(&config, Clock::System).await?;
     let api = bind(config.listen).await?;
@@ -200,7 +207,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let api_task = tokio::spawn(async move { api_server.await });
     let metrics_task = tokio::spawn(async move { metrics_server.await });
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!(
         drain_timeout_s = config.shutdown_timeout.as_secs(),
         "shutting down: no new connections, finishing in-flight requests"
