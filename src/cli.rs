@@ -46,8 +46,11 @@ pub enum KeysCommand {
         #[arg(long, default_value = "tokend-keys.json")]
         out: PathBuf,
         /// Replace an existing file (every issued token stops verifying).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// Keep an existing, valid file and exit 0 (for a first start in a container).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Add a new key, published in the JWKS but not yet signing.
     Add {

@@ -36,6 +36,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use self::cookie::RefreshCookie;
 
 use crate::lifecycle::Lifecycle;
+use crate::metrics::ProcessMetrics;
 use crate::token::access::Jwks;
 
 /// Shared state of the API; cheap to clone.
@@ -83,13 +84,17 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The metrics router, for the separate metrics listener.
+/// The metrics router, for the separate metrics listener. Process metrics are read
+/// at each scrape, so they are as fresh as the scrape.
 pub fn metrics_app(handle: PrometheusHandle) -> Router {
+    let process = Arc::new(ProcessMetrics::new());
     Router::new().route(
         "/metrics",
         get(move || {
             let handle = handle.clone();
+            let process = process.clone();
             async move {
+                process.collect();
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

@@ -40,7 +40,13 @@ fn serve(args: &tokend::cli::ServeArgs) -> ExitCode {
 
 fn keys(cmd: KeysCommand) -> ExitCode {
     let result = match cmd {
-        KeysCommand::Generate { out, force } => file::generate(&out, force).map(|kid| {
+        KeysCommand::Generate {
+            out, if_missing, ..
+        } if if_missing && out.exists() => file::list(&out).map(|keys| {
+            let kids: Vec<String> = keys.into_iter().map(|(kid, _, _)| kid).collect();
+            println!("kept {} with keys {}", out.display(), kids.join(", "));
+        }),
+        KeysCommand::Generate { out, force, .. } => file::generate(&out, force).map(|kid| {
             println!("wrote {} with signing key {kid}", out.display());
             println!("start tokend with TOKEND_KEYS={}", out.display());
         }),
@@ -73,9 +79,16 @@ fn keys(cmd: KeysCommand) -> ExitCode {
 fn healthcheck(listen: &str) -> ExitCode {
     use std::io::{Read as _, Write as _};
     let attempt = || -> std::io::Result<bool> {
-        let addr: std::net::SocketAddr = listen
+        let mut addr: std::net::SocketAddr = listen
             .parse()
             .map_err(|_| std::io::Error::other("TOKEND_LISTEN is not an address"))?;
+        // A container listens on 0.0.0.0 or [::]; its own check reaches it on loopback.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
         let timeout = std::time::Duration::from_secs(2);
         let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;

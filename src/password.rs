@@ -1,12 +1,15 @@
 //! Password hashing with argon2id, run on tokio's blocking threads behind a semaphore,
 //! so a burst of logins queues here instead of starving the async workers that serve
-//! refreshes.
+//! refreshes. The queue and the running hashes are gauges, so a burst shows on the
+//! dashboard before it shows as login latency.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
 use tokio::sync::Semaphore;
 
+use crate::metrics as m;
 use crate::secret::Secret;
 
 /// Shortest accepted password, in bytes.
@@ -96,6 +99,7 @@ impl PasswordHasher {
             .expect("the system random source does not fail once initialised")
             .expose();
         let dummy_hash = hash_blocking(&params, &dummy).into();
+        metrics::gauge!(m::PASSWORD_HASH_SLOTS).set(concurrency.max(1) as f64);
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
@@ -151,23 +155,55 @@ impl PasswordHasher {
         Ok(known && matches)
     }
 
-    /// Hashes waiting for or holding a permit right now.
+    /// Slots of the pool free right now.
     pub fn available_permits(&self) -> usize {
         self.permits.available_permits()
     }
 
+    /// Runs `work` on a blocking thread once a slot is free. The slot is held by the
+    /// blocking work itself, so a caller that goes away (a client hanging up) neither
+    /// frees it early nor lets more than the pool's size run at once.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let _permit = self
+        let queued = GaugeGuard::enter(m::PASSWORD_HASHES_QUEUED);
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| PasswordError::PoolClosed)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| PasswordError::PoolClosed)
+        drop(queued);
+
+        let running = GaugeGuard::enter(m::PASSWORD_HASHES_IN_FLIGHT);
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let out = work();
+            metrics::histogram!(m::PASSWORD_HASH_SECONDS).record(started.elapsed().as_secs_f64());
+            drop((running, permit));
+            out
+        })
+        .await
+        .map_err(|_| PasswordError::PoolClosed)
+    }
+}
+
+/// Adds one to a gauge while alive; the drop takes it back on every path, cancellation
+/// included.
+struct GaugeGuard(metrics::Gauge);
+
+impl GaugeGuard {
+    fn enter(name: &'static str) -> Self {
+        let gauge = metrics::gauge!(name);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

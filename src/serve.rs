@@ -14,9 +14,9 @@ use crate::http::cookie::RefreshCookie;
 use crate::http::{self, AppState};
 use crate::lifecycle::{Lifecycle, LoginLimits, Policy};
 use crate::password::PasswordHasher;
-use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::{SessionStore as _, Store};
 use crate::token::access::{AccessSigner, AccessVerifier, Jwks};
 use crate::token::keyring::Keyring;
 use crate::token::refresh::TokenHasher;
@@ -108,10 +108,12 @@ pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, Star
             },
         },
     );
+    let kids: Vec<&str> = keyring.keys().iter().map(|k| k.kid.as_str()).collect();
     tracing::info!(
         store = lifecycle.store().kind(),
+        keyring = %config.keys.as_ref().map_or("ephemeral".into(), |p| p.display().to_string()),
         signing_kid = %keyring.signing_key().kid,
-        published_keys = keyring.keys().len(),
+        published_kids = %kids.join(","),
         issuer = %config.issuer,
         audience = %config.audience,
         access_ttl_s = config.access_ttl.as_secs(),
@@ -123,6 +125,9 @@ pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, Star
         cookie_domain = config.web.cookie.domain.as_deref().unwrap_or("(host only)"),
         cookie_samesite = ?config.web.cookie.same_site,
         cors_origins = config.web.cors_origins.len(),
+        argon2_memory_kib = config.argon2.memory_kib,
+        argon2_iterations = config.argon2.iterations,
+        hash_concurrency = config.hash_concurrency,
         "configured"
     );
     let cors_origins = config
@@ -144,6 +149,30 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// How often the background probe pings the session store for `tokend_store_up`.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pings the store every [`STORE_PROBE_INTERVAL`] and publishes the answer as
+/// `tokend_store_up`, so an outage shows (and alerts) even when no request arrives.
+/// Logs once per change between up and down, not at every probe.
+async fn probe_store(state: AppState) {
+    let mut ticks = tokio::time::interval(STORE_PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        ticks.tick().await;
+        let result = state.lifecycle.store().ping().await;
+        let up = result.is_ok();
+        metrics::gauge!(crate::metrics::STORE_UP).set(if up { 1.0 } else { 0.0 });
+        match result {
+            Ok(()) if !was_up => tracing::info!("session store answers again"),
+            Err(e) if was_up => tracing::warn!(error = %e, "session store probe failed"),
+            _ => {}
+        }
+        was_up = up;
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -182,6 +211,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let shutdown = shutdown_signal();
     let handle = crate::metrics::install().map_err(StartError::Metrics)?;
     let state = build_state(&config, Clock::System).await?;
+    let probe = tokio::spawn(probe_store(state.clone()));
     let api = bind(config.listen).await?;
     let metrics = bind(config.metrics_listen).await?;
     tracing::info!(
@@ -213,6 +243,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "shutting down: no new connections, finishing in-flight requests"
     );
     let _ = stop_tx.send(true);
+    probe.abort();
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
         let _ = api_task.await;
         let _ = metrics_task.await;

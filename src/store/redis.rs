@@ -128,8 +128,9 @@ fn unavailable_or_protocol(e: Error) -> StoreError {
         | ErrorKind::Sentinel
         | ErrorKind::Auth => StoreError::Unavailable(e.to_string()),
         _ if is_transient_reply(e.details()) => StoreError::Unavailable(e.to_string()),
-        // The client's own failures while a connection closes ("Failed to route
-        // command.") carry no server error prefix; server replies start with "ERR".
+        // fred reports a command that found no live connection (Redis went away between
+        // two commands, "Failed to route command.") as an unknown error, not as I/O.
+        // Such client-side failures carry no server prefix; server replies start "ERR".
         ErrorKind::Unknown if !e.details().starts_with("ERR") => {
             StoreError::Unavailable(e.to_string())
         }
@@ -534,6 +535,27 @@ mod tests {
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }
         assert!(session_key(&user, &session).starts_with(&session_prefix(&user)));
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_and_a_bad_reply_is_not() {
+        let unavailable = [
+            Error::new(ErrorKind::Unknown, "Failed to route command."),
+            Error::new(ErrorKind::IO, "Connection closed."),
+            Error::new(ErrorKind::Timeout, "Request timed out."),
+            Error::new(ErrorKind::Unknown, "LOADING Redis is loading the dataset"),
+        ];
+        for e in unavailable {
+            assert!(
+                matches!(unavailable_or_protocol(e), StoreError::Unavailable(_)),
+                "must answer 503"
+            );
+        }
+        let bad = Error::new(ErrorKind::Unknown, "ERR unknown command");
+        assert!(matches!(
+            unavailable_or_protocol(bad),
+            StoreError::Protocol(_)
+        ));
     }
 
     #[test]
