@@ -146,3 +146,63 @@ async fn tokend_starts_while_redis_is_down_and_becomes_ready_when_it_comes() {
     let (email, password) = app.user().await;
     app.login(&email, &password, "laptop").await;
 }
+
+/// A rotation Redis carries out later than its caller's clock says (the caller gave up
+/// with a 503 while the command waited in a stalled Redis) is stamped with Redis's own
+/// time, so the client's retry inside the grace window still gets the successor instead
+/// of being taken for theft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_carried_out_late_is_stamped_with_the_time_it_happened() {
+    use tokend::clock::Clock;
+    use tokend::ids::{SessionId, UserId};
+    use tokend::secret::Secret;
+    use tokend::store::redis::{RedisSettings, RedisStore};
+    use tokend::store::{NewSession, RotateOutcome, Rotation, SessionStore};
+    use tokend::token::refresh::TokenHash;
+
+    let redis = RedisServer::private();
+    let store = RedisStore::connect(&RedisSettings {
+        url: Secret::new(redis.url.clone()),
+        command_timeout: Duration::from_secs(2),
+        pool_size: 1,
+    })
+    .expect("url");
+    assert!(store.wait_connected(Duration::from_secs(5)).await);
+    let rng = ring::rand::SystemRandom::new();
+    let (user, session) = (UserId::generate(&rng), SessionId::generate(&rng));
+    let now = Clock::System.now_ms();
+    store
+        .create_session(&NewSession {
+            user_id: user.clone(),
+            session_id: session.clone(),
+            token_hash: TokenHash([1; 32]),
+            device: None,
+            user_agent: None,
+            ip: None,
+            now_ms: now - 60_000,
+            expires_at_ms: now + 3_600_000,
+            absolute_expires_at_ms: now + 3_600_000,
+        })
+        .await
+        .expect("create");
+    let rotation = |at: u64| Rotation {
+        user_id: &user,
+        session_id: &session,
+        presented: TokenHash([1; 32]),
+        successor: TokenHash([2; 32]),
+        now_ms: at,
+        idle_ms: 3_600_000,
+        grace_ms: 1_000,
+    };
+    // The caller stamped its request 5 s before Redis ran it.
+    let late = store.rotate(&rotation(now - 5_000)).await.expect("rotate");
+    assert!(matches!(late, RotateOutcome::Rotated { .. }), "{late:?}");
+    let retry = store
+        .rotate(&rotation(Clock::System.now_ms()))
+        .await
+        .expect("retry");
+    assert!(
+        matches!(retry, RotateOutcome::Replayed { .. }),
+        "the retry was taken for theft: {retry:?}"
+    );
+}

@@ -15,7 +15,14 @@ if not current then
   end
   return {0}
 end
-local now = tonumber(ARGV[3])
+-- A rotation is stamped with the later of the caller's clock and Redis's own: a command
+-- that waited in a stalled Redis after its caller gave up (503) must not look older
+-- than the caller's retry, or that retry would fall outside the grace window.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+local t = redis.call('TIME')
+local now = math.max(tonumber(ARGV[3]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local idle = tonumber(ARGV[4])
 local absolute = tonumber(s[4])
 if current == ARGV[1] then
@@ -25,7 +32,8 @@ if current == ARGV[1] then
     redis.call('ZREM', KEYS[2], ARGV[6])
     return {0}
   end
-  redis.call('HSET', KEYS[1], 'h', ARGV[2], 'r', ARGV[3], 'l', ARGV[3])
+  local stamp = string.format('%.0f', now)
+  redis.call('HSET', KEYS[1], 'h', ARGV[2], 'r', stamp, 'l', stamp)
   redis.call('PEXPIREAT', KEYS[1], expires)
   return {1, expires, absolute}
 end
