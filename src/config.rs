@@ -75,27 +75,39 @@ pub struct Config {
 
 /// A setting that failed validation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid {var} (--{flag}): {expected}")]
+#[error("invalid {var} (--{}): {expected}", flag.replace('_', "-"))]
 pub struct ConfigError {
     /// Environment variable name.
     pub var: &'static str,
-    /// Flag name without dashes.
+    /// Settings field name; the flag is this with dashes for underscores.
     pub flag: &'static str,
     /// What a valid value looks like.
     pub expected: &'static str,
 }
 
-/// Longest duration any setting accepts: ten years.
-const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Longest duration any setting accepts: 3650 days.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
 
-/// Parses `600` (seconds) or a duration with units: `10m`, `30s`, `7d`, `1h 30m`.
+/// Parses whole seconds (`600`) or a whole number with one unit: `250ms`, `30s`,
+/// `10m`, `12h`, `7d`. Units are lower case only, so `10M` (months, elsewhere) is an
+/// error rather than a surprise; anything above 3650 days is refused.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
-    let d = if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(raw.parse().ok()?)
-    } else {
-        humantime::parse_duration(raw).ok()?
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    if number.is_empty() {
+        return None;
+    }
+    let n: u64 = number.parse().ok()?;
+    let ms_per_unit: u64 = match unit {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
     };
+    let d = Duration::from_millis(n.checked_mul(ms_per_unit)?);
     (d <= MAX_DURATION).then_some(d)
 }
 
@@ -124,9 +136,19 @@ impl Field<'_> {
         };
         match parse_duration(raw) {
             Some(d) if allow_zero || !d.is_zero() => Ok(d),
-            _ => Err(self
-                .err("whole seconds or a duration like 10m or 30s, above zero, at most 10 years")),
+            _ => Err(self.err(
+                "whole seconds or a whole number with a unit (ms, s, m, h, d) like 10m, above zero, at most 3650d",
+            )),
         }
+    }
+
+    /// A duration in whole seconds (for lifetimes written into tokens in seconds).
+    fn whole_seconds(&self, default: Duration) -> Result<Duration, ConfigError> {
+        let d = self.duration(default, false)?;
+        if d.subsec_nanos() != 0 {
+            return Err(self.err("whole seconds, like 600 or 10m"));
+        }
+        Ok(d)
     }
 
     fn addr(&self, default: &str) -> Result<SocketAddr, ConfigError> {
@@ -257,7 +279,7 @@ impl Config {
             issuer,
             audience: field!(args.audience, "TOKEND_AUDIENCE").text("tokend")?,
             access_ttl: field!(args.access_ttl, "TOKEND_ACCESS_TTL")
-                .duration(Duration::from_secs(600), false)?,
+                .whole_seconds(Duration::from_secs(600))?,
             session_idle_ttl: field!(args.session_idle_ttl, "TOKEND_SESSION_IDLE_TTL")
                 .duration(Duration::from_secs(7 * 24 * 3600), false)?,
             session_max_ttl: field!(args.session_max_ttl, "TOKEND_SESSION_MAX_TTL")
@@ -317,7 +339,22 @@ mod tests {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        for bad in ["", "ten", "10x", "-5", "99999999999999999999", "100y"] {
+        assert_eq!(
+            parse_duration("3650d"),
+            Some(Duration::from_secs(3650 * 86400))
+        );
+        for bad in [
+            "",
+            "ten",
+            "10x",
+            "-5",
+            "99999999999999999999",
+            "100y",
+            "10M",
+            "1h 30m",
+            "3651d",
+            "s",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
     }
@@ -345,6 +382,7 @@ mod tests {
             .expect_err("bad duration")
             .to_string();
         assert!(err.contains("TOKEND_ACCESS_TTL"), "{err}");
+        assert!(err.contains("--access-ttl"), "names the real flag: {err}");
         assert!(!err.contains("ten minutes"), "{err}");
 
         let args = ServeArgs {

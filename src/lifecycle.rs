@@ -270,10 +270,10 @@ impl Lifecycle {
         if meta
             .device
             .as_ref()
-            .is_some_and(|d| d.len() > MAX_DEVICE_LEN)
+            .is_some_and(|d| d.len() > MAX_DEVICE_LEN || d.chars().any(char::is_control))
         {
             return Err(LifecycleError::InvalidRequest(format!(
-                "device must be at most {MAX_DEVICE_LEN} bytes"
+                "device must be at most {MAX_DEVICE_LEN} bytes of printable text"
             )));
         }
         let email =
@@ -567,8 +567,9 @@ impl Lifecycle {
     /// Changes the caller's password and revokes every session of theirs.
     ///
     /// # Errors
-    /// `InvalidCredentials` for a wrong current password, `InvalidRequest` for a new
-    /// password outside the length rule, or a store failure.
+    /// `InvalidCredentials` for a wrong current password, `RateLimited` once too many
+    /// wrong ones were tried (the failed-login limit of the account), `InvalidRequest`
+    /// for a new password outside the length rule, or a store failure.
     pub async fn change_password(
         &self,
         caller: &Claims,
@@ -579,12 +580,28 @@ impl Lifecycle {
         PasswordHasher::check_policy(new)?;
 
         let user = self.store.user_by_id(&user_id).await?;
+        // Guesses of the current password count against the same per-account limit as
+        // failed logins: a stolen access token must not become an unlimited oracle.
+        let account = user.as_ref().map(|u| LimitKey::Account(u.email.clone()));
+        let limits = self.policy.login_limits;
+        if let Some(key) = &account {
+            if let Some(retry) = self
+                .store
+                .hit_limit(key, limits.per_account, ms(limits.window))
+                .await?
+            {
+                return Err(LifecycleError::RateLimited(retry));
+            }
+        }
         let ok = self
             .passwords
             .verify(current, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
         if !ok {
             return Err(LifecycleError::InvalidCredentials);
+        }
+        if let Some(key) = &account {
+            self.store.release_limit(key, true).await?;
         }
         let hash = self.passwords.hash(new).await?;
         self.store

@@ -53,7 +53,15 @@ pub enum StartError {
 pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, StartError> {
     let rng = ring::rand::SystemRandom::new();
     let keyring = match &config.keys {
-        Some(path) => Keyring::load(path)?,
+        Some(path) => {
+            if Keyring::is_exposed(path) {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the keyring file is readable by other users; chmod 600 it"
+                );
+            }
+            Keyring::load(path)?
+        }
         None => {
             tracing::warn!(
                 "TOKEND_KEYS is not set: generated a throwaway signing key; tokens will not \

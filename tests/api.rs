@@ -76,6 +76,9 @@ on_both_stores!(
     a_successful_login_clears_the_account_failures,
     failed_logins_are_limited_per_client_ip,
     forwarded_for_counts_only_from_trusted_proxies,
+    guessing_the_current_password_is_limited_like_logins,
+    encoded_token_names_in_the_url_are_refused_too,
+    user_agents_are_kept_and_device_labels_must_be_printable,
 );
 
 async fn login_issues_tokens_that_verify_against_the_served_jwks(backend: &str) {
@@ -1203,4 +1206,98 @@ async fn forwarded_for_counts_only_from_trusted_proxies(backend: &str) {
         common::Reply::read(login(&env.app, "198.51.100.7", email.clone(), password.clone()).await)
             .await;
     assert_eq!(r.status, 200, "another client is not");
+}
+
+async fn guessing_the_current_password_is_limited_like_logins(backend: &str) {
+    let env = env_with(backend, |a| a.login_max_failures = Some("3".into())).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+    let change = |current: &str| {
+        app.post_bearer(
+            "/v1/auth/password",
+            &t.access,
+            Some(json!({"current_password": current, "new_password": "a brand new password"})),
+        )
+    };
+    for i in 0..3 {
+        let r = change(&format!("guess {i} of the password")).await;
+        assert_eq!((r.status, r.code()), (401, "invalid_credentials"));
+    }
+    let r = change(&password).await;
+    assert_eq!((r.status, r.code()), (429, "rate_limited"));
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        app.refresh(&t.refresh).await.status,
+        200,
+        "nothing was revoked"
+    );
+}
+
+async fn encoded_token_names_in_the_url_are_refused_too(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    for query in [
+        "tok%65n=x",
+        "access%5Ftoken=x",
+        "pass%77ord=x",
+        "REFRESH_TOKEN=x",
+        "a=1&token=x",
+    ] {
+        let r = common::Reply::read(
+            app.http
+                .get(app.url(&format!("/healthz?{query}")))
+                .send()
+                .await,
+        )
+        .await;
+        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{query}");
+    }
+    let r = common::Reply::read(
+        app.http
+            .get(app.url("/healthz?tokens=1&x=token"))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(r.status, 200, "other names are fine");
+}
+
+async fn user_agents_are_kept_and_device_labels_must_be_printable(backend: &str) {
+    let env = env_with(backend, |_| {}).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let agent = format!("{}é", "a".repeat(255));
+    let r = common::Reply::read(
+        app.http
+            .post(app.url("/v1/auth/login"))
+            .header(
+                "user-agent",
+                reqwest::header::HeaderValue::from_bytes(agent.as_bytes()).expect("header"),
+            )
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await,
+    )
+    .await;
+    let t = Tokens::from(&r.body);
+    let r = app.get_bearer("/v1/sessions", &t.access).await;
+    let stored = r.body["sessions"][0]["user_agent"]
+        .as_str()
+        .expect("user agent kept");
+    assert_eq!(
+        stored,
+        "a".repeat(255),
+        "cut to 256 bytes at a character boundary"
+    );
+
+    for device in ["line\nbreak", "nul\u{0}byte", "tab\there"] {
+        let r = app
+            .post(
+                "/v1/auth/login",
+                json!({"email": email, "password": password, "device": device}),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (400, "invalid_request"), "{device:?}");
+    }
 }

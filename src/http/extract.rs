@@ -157,11 +157,12 @@ impl FromRequestParts<AppState> for ClientInfo {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Any bytes are kept (lossily as UTF-8), so a non-ASCII agent is recorded, not
+        // dropped; the lifecycle cuts it to length.
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

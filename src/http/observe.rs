@@ -52,15 +52,11 @@ fn method_label(method: &Method) -> &'static str {
 /// Whether the query string names a token parameter: tokens are never taken from
 /// URLs, which end up in logs, histories and `Referer` headers.
 fn query_carries_token(req: &Request) -> bool {
+    // Names are compared after percent-decoding, so `tok%65n` is `token`.
     req.uri().query().is_some_and(|q| {
-        q.split('&').any(|pair| {
-            let name = pair
-                .split('=')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
+        form_urlencoded::parse(q.as_bytes()).any(|(name, _)| {
             matches!(
-                name.as_str(),
+                name.to_ascii_lowercase().as_str(),
                 "access_token" | "refresh_token" | "token" | "password"
             )
         })

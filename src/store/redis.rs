@@ -191,6 +191,31 @@ fn as_opt_string(v: &Value) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Logs connection errors at warn, once per distinct message until it changes, so a
+/// wrong password or database number is told apart from an outage without flooding
+/// the log while fred keeps reconnecting. Messages from fred and Redis name the
+/// problem (`WRONGPASS`, `DB index is out of range`), never the credentials.
+fn report_connection_errors(pool: &Pool) {
+    let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    for client in pool.clients() {
+        let last = last.clone();
+        client.on_error(move |(error, _server)| {
+            let last = last.clone();
+            async move {
+                let message = error.to_string();
+                let mut seen = last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *seen != message {
+                    tracing::warn!(error = %message, "Redis connection error");
+                    *seen = message;
+                }
+                Ok(())
+            }
+        });
+    }
+}
+
 impl RedisStore {
     /// Builds the client pool and starts connecting in the background; returns
     /// without waiting, so tokend starts (not ready) while Redis is down.
@@ -214,6 +239,7 @@ impl RedisStore {
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
             .build_pool(settings.pool_size.max(1))
             .map_err(|_| InvalidRedisUrl)?;
+        report_connection_errors(&pool);
         pool.connect_pool();
         Ok(Self {
             pool,

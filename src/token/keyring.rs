@@ -29,6 +29,9 @@ pub enum KeyringError {
     /// A key named on the command line is not in the keyring.
     #[error("no key with kid {0:?} in the keyring")]
     UnknownKid(String),
+    /// The signing key was named for removal.
+    #[error("the signing key cannot be removed; promote another key first")]
+    RemovingSigningKey,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -133,6 +136,20 @@ impl Keyring {
                 .expect("the system random source does not fail once initialised")
                 .expose(),
             ephemeral: true,
+        }
+    }
+
+    /// Whether the file at `path` can be read by users other than its owner.
+    pub fn is_exposed(path: &Path) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            false
         }
     }
 
@@ -308,9 +325,7 @@ pub mod file {
     pub fn remove(path: &Path, kid: &str) -> Result<(), KeyringError> {
         let mut file = read(path)?;
         if file.signing_kid == kid {
-            return Err(KeyringError::Format(
-                "the signing key cannot be removed; promote another first".into(),
-            ));
+            return Err(KeyringError::RemovingSigningKey);
         }
         let before = file.keys.len();
         file.keys.retain(|k| k.kid != kid);
