@@ -21,6 +21,13 @@ fn repo(path: &str) -> PathBuf {
 
 /// Runs a tool that the suite needs, with a hint when it is not installed.
 fn run(program: &str, args: &[&str], hint: &str) -> Output {
+    match (program, args.get(1)) {
+        ("promtool", _) => common::require_program("promtool", "prometheus"),
+        ("python3", Some(&"check_jsonschema")) => {
+            common::require_python_module("check_jsonschema", "check-jsonschema==0.39.0");
+        }
+        _ => {}
+    }
     Command::new(program)
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -341,6 +348,7 @@ impl Prometheus {
         .expect("copy alerts");
 
         let port = free_port();
+        common::require_program("prometheus", "prometheus");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
         let child = Command::new("prometheus")
             .arg(format!(

@@ -521,3 +521,25 @@ pub fn require_program(program: &str, package: &str) {
         "apt-get install -y {package} failed"
     );
 }
+
+/// Like [`require_program`], for a Python module the tests run with `python3 -m`,
+/// installed with pip when missing.
+pub fn require_python_module(module: &str, requirement: &str) {
+    let present = || {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if present() {
+        return;
+    }
+    require_program("python3", "python3");
+    let installed = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", requirement])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(installed && present(), "pip install {requirement} failed");
+}

@@ -1,0 +1,442 @@
+#!/usr/bin/env bash
+# Runs the tokend load-test suite on loopback and writes a Markdown report.
+#
+#   load-tests/run.sh            full run (about 5 minutes), release build
+#   load-tests/run.sh --smoke    CI-sized run of a few seconds per scenario; exits 1 if
+#                                any request failed or any session chain broke
+#   QUICK=1 load-tests/run.sh    same as --smoke
+#
+# Environment (all optional):
+#   TOKEND_BIN, SEED_BIN  use these binaries instead of building release ones
+#                         (SEED_BIN is the `load_seed` example)
+#   RESULTS_DIR           where report.md and raw wrk output go (default load-tests/results)
+#   PROFILE=1             record the Redis refresh run with `perf` (results/profile.txt)
+#   SESSIONS, CONNECTIONS, THREADS, DURATION  override the refresh scenario's shape
+#
+# Everything it starts (a private redis-server on a free port, tokend instances, wrk)
+# listens on 127.0.0.1 only, stops by itself (wrk -d) and is killed on exit.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+LUA="$HERE/lua"
+
+QUICK=${QUICK:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --smoke | --quick) QUICK=1 ;;
+    *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$QUICK" = 1 ]; then
+  SESSIONS=${SESSIONS:-64}; CONNECTIONS=${CONNECTIONS:-8}; THREADS=${THREADS:-2}
+  DURATION=${DURATION:-2}; SHORT=2; LOGIN_USERS=8; LOGIN_CONNECTIONS=2
+  MEMORY_SESSIONS=1000; MODE="smoke"
+else
+  SESSIONS=${SESSIONS:-1024}; CONNECTIONS=${CONNECTIONS:-64}; THREADS=${THREADS:-2}
+  DURATION=${DURATION:-30}; SHORT=15; LOGIN_USERS=64; LOGIN_CONNECTIONS=8
+  MEMORY_SESSIONS=100000; MODE="full"
+fi
+RESULTS_DIR=${RESULTS_DIR:-$HERE/results}
+RAW="$RESULTS_DIR/raw"
+mkdir -p "$RAW"
+REPORT="$RESULTS_DIR/report.md"
+WORK=$(mktemp -d)
+
+for tool in wrk redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install -y wrk redis-server)" >&2; exit 1; }
+done
+
+STARTED=()
+cleanup() {
+  local pid
+  for pid in "${STARTED[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+}
+
+# wait_ready ADDR: polls tokend's own container health check until /healthz answers.
+wait_ready() {
+  local i
+  for i in $(seq 1 200); do
+    "$TOKEND_BIN" healthcheck --listen "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "tokend does not answer at $1" >&2
+  return 1
+}
+
+# --- binaries -------------------------------------------------------------------------
+if [ -z "${TOKEND_BIN:-}" ] || [ -z "${SEED_BIN:-}" ]; then
+  log "building release binaries"
+  (cd "$ROOT" && cargo build --release --quiet --bin tokend --example load_seed)
+  TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+  TOKEND_BIN=${TOKEND_BIN:-$TARGET/release/tokend}
+  SEED_BIN=${SEED_BIN:-$TARGET/release/examples/load_seed}
+fi
+
+# --- processes ------------------------------------------------------------------------
+REDIS_PORT=$(free_port)
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
+
+start_redis() {
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --logfile "$RAW/redis.log" &
+  STARTED+=($!)
+  local i
+  for i in $(seq 1 100); do
+    rcli ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "redis-server did not start" >&2
+  return 1
+}
+
+# start_tokend NAME [VAR=value ...]: starts tokend with the given settings; sets
+# TOKEND_PID and BASE.
+start_tokend() {
+  local name=$1
+  shift
+  local port metrics
+  port=$(free_port)
+  metrics=$(free_port)
+  env TOKEND_LISTEN="127.0.0.1:$port" TOKEND_METRICS_LISTEN="127.0.0.1:$metrics" \
+    TOKEND_KEYS="$WORK/keys.json" "$@" "$TOKEND_BIN" 2>"$RAW/tokend-$name.log" &
+  TOKEND_PID=$!
+  STARTED+=("$TOKEND_PID")
+  BASE="http://127.0.0.1:$port"
+  wait_ready "127.0.0.1:$port"
+}
+
+stop_tokend() {
+  kill -TERM "$TOKEND_PID" 2>/dev/null || true
+  wait "$TOKEND_PID" 2>/dev/null || true
+}
+
+# Removes every session key (users stay), so a scenario starts with exactly its seed.
+drop_sessions() {
+  rcli --scan --pattern 'tokend:{u:*}:s*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" unlink >/dev/null
+}
+
+seed_redis_sessions() {
+  "$SEED_BIN" sessions-redis --redis-url "$REDIS_URL" --keys "$WORK/keys.json" \
+    --count "$SESSIONS" --out "$1" --user-agent "$UA" 2>>"$RAW/seed.log"
+}
+
+# --- results --------------------------------------------------------------------------
+declare -A R
+SCENARIOS=()
+FAILED=0
+
+# run_wrk NAME CONNECTIONS THREADS SECONDS SCRIPT URL [script args...]
+run_wrk() {
+  local name=$1 conns=$2 threads=$3 secs=$4 script=$5 url=$6
+  shift 6
+  local out="$RAW/$name.txt"
+  local load_before
+  load_before=$(cut -d' ' -f1 /proc/loadavg)
+  log "scenario $name: $conns connections, $threads threads, ${secs}s"
+  wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s --latency -s "$LUA/$script" "$url" \
+    -- "$@" >"$out" 2>&1
+  local line kv
+  line=$(grep '^RESULT ' "$out" | tail -1 || true)
+  if [ -z "$line" ]; then
+    echo "wrk printed no result for $name; see $out" >&2
+    FAILED=1
+    return
+  fi
+  SCENARIOS+=("$name")
+  R[$name.conns]=$conns
+  R[$name.secs]=$secs
+  R[$name.load]="$load_before → $(cut -d' ' -f1 /proc/loadavg)"
+  for kv in ${line#RESULT }; do
+    R[$name.${kv%%=*}]=${kv#*=}
+  done
+}
+
+# read_result NAME CONNECTIONS SECONDS: reads the RESULT of a wrk run started by hand.
+read_result() {
+  local name=$1 line kv
+  line=$(grep '^RESULT ' "$RAW/$name.txt" | tail -1 || true)
+  [ -n "$line" ] || { echo "wrk printed no result for $name" >&2; FAILED=1; return; }
+  SCENARIOS+=("$name")
+  R[$name.conns]=$2
+  R[$name.secs]=$3
+  for kv in ${line#RESULT }; do
+    R[$name.${kv%%=*}]=${kv#*=}
+  done
+}
+
+get() { echo "${R[$1]:-0}"; }
+ms() { awk -v us="$(get "$1")" 'BEGIN { printf "%.2f", us / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# Sums every counter of a scenario whose name matches a pattern (e.g. statuses).
+statuses() {
+  local name=$1 key out=""
+  for key in "${!R[@]}"; do
+    case "$key" in
+      "$name".status_over_*) ;;
+      "$name".*_[0-9][0-9][0-9]) out+="${key#"$name".} ${R[$key]}, " ;;
+    esac
+  done
+  echo "${out%, }" | tr ',' '\n' | sed 's/^ //' | sort | paste -sd, - | sed 's/,/, /g'
+}
+
+# Requests that did not get their expected answer: sockets, timeouts, any status over
+# 399, and broken session chains.
+failures() {
+  local n=$1
+  echo $(($(get "$n.err_connect") + $(get "$n.err_read") + $(get "$n.err_write") \
+    + $(get "$n.err_timeout") + $(get "$n.status_over_399") + $(get "$n.lost")))
+}
+
+sample_rss() { # sample_rss PID FILE: VmRSS in KiB every 0.5 s until killed
+  while kill -0 "$1" 2>/dev/null; do
+    awk '/^VmRSS/ { print $2 }' "/proc/$1/status" >>"$2" 2>/dev/null || true
+    sleep 0.5
+  done
+}
+
+UA="Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+START_LOAD=$(cat /proc/loadavg)
+START_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+"$TOKEND_BIN" keys generate --out "$WORK/keys.json" >/dev/null
+
+# --- 1. ceiling: the same refresh load against the embedded store ---------------------
+log "ceiling: tokend on the embedded store, seeding $SESSIONS sessions over HTTP"
+start_tokend ceiling TOKEND_ARGON2_MEMORY_KIB=256 TOKEND_ARGON2_ITERATIONS=1
+"$SEED_BIN" sessions-http --base "$BASE" --count "$SESSIONS" --out "$WORK/ceiling.tokens" \
+  2>>"$RAW/seed.log"
+: >"$WORK/rss-ceiling"
+sample_rss "$TOKEND_PID" "$WORK/rss-ceiling" &
+SAMPLER=$!
+STARTED+=("$SAMPLER")
+run_wrk ceiling "$CONNECTIONS" "$THREADS" "$DURATION" sessions.lua "$BASE" \
+  "$WORK/ceiling.tokens" "$CONNECTIONS" "$THREADS"
+kill "$SAMPLER" 2>/dev/null || true
+stop_tokend
+
+# --- 2. Redis: memory per session -------------------------------------------------------
+start_redis
+mem() { rcli info memory | awk -F: '/^used_memory:/ { print $2 + 0 }'; }
+measure_memory() { # measure_memory NAME [seed flags...]
+  local name=$1 before after
+  shift
+  rcli flushall >/dev/null
+  before=$(mem)
+  "$SEED_BIN" sessions-redis --redis-url "$REDIS_URL" --keys "$WORK/keys.json" \
+    --count "$MEMORY_SESSIONS" "$@" 2>>"$RAW/seed.log"
+  after=$(mem)
+  R[mem.$name.before]=$before
+  R[mem.$name.after]=$after
+  R[mem.$name.keys]=$(rcli dbsize)
+  R[mem.$name.per]=$(awk -v a="$after" -v b="$before" -v n="$MEMORY_SESSIONS" \
+    'BEGIN { printf "%.0f", (a - b) / n }')
+  rcli flushall >/dev/null
+}
+log "Redis memory: $MEMORY_SESSIONS sessions, bare and with a browser User-Agent"
+measure_memory bare
+measure_memory browser --user-agent "$UA" --device laptop
+
+# --- 3. Redis: refresh, paced refresh, logins, flood, JWKS, mixed ---------------------
+start_tokend redis TOKEND_REDIS_URL="$REDIS_URL"
+REDIS_TOKEND_PID=$TOKEND_PID
+
+drop_sessions
+seed_redis_sessions "$WORK/redis.tokens"
+: >"$WORK/rss-redis"
+sample_rss "$TOKEND_PID" "$WORK/rss-redis" &
+SAMPLER=$!
+STARTED+=("$SAMPLER")
+if [ "${PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
+  perf record -e cpu-clock -F 999 -g -o "$RAW/perf.data" -p "$TOKEND_PID" -- \
+    sleep "$DURATION" 2>"$RAW/perf-record.log" &
+  PERF=$!
+fi
+run_wrk refresh "$CONNECTIONS" "$THREADS" "$DURATION" sessions.lua "$BASE" \
+  "$WORK/redis.tokens" "$CONNECTIONS" "$THREADS"
+kill "$SAMPLER" 2>/dev/null || true
+if [ -n "${PERF:-}" ]; then
+  wait "$PERF" || true
+  {
+    echo "# tokend CPU samples during the Redis refresh run, by shared object"
+    perf report -i "$RAW/perf.data" --stdio --no-children -g none --sort dso \
+      --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep -v '^$'
+    echo "# by function, self time"
+    perf report -i "$RAW/perf.data" --stdio --no-children -g none --sort symbol \
+      --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep -v '^$' | cut -c1-160
+    echo "# by function, including callees"
+    perf report -i "$RAW/perf.data" --stdio --children -g none --sort symbol \
+      --percent-limit 2 2>/dev/null | grep -v '^#' | grep -v '^$' | cut -c1-160
+  } >"$RESULTS_DIR/profile.txt" || true
+fi
+R[rss.refresh.max]=$(sort -n "$WORK/rss-redis" | tail -1)
+R[rss.refresh.hwm]=$(awk '/^VmHWM/ { print $2 }' "/proc/$TOKEND_PID/status")
+R[rss.ceiling.max]=$(sort -n "$WORK/rss-ceiling" | tail -1)
+
+HALF_RATE=$(awk -v r="$(get refresh.rps)" 'BEGIN { printf "%d", r / 2 }')
+[ "$HALF_RATE" -gt 0 ] || HALF_RATE=100
+drop_sessions
+seed_redis_sessions "$WORK/half.tokens"
+run_wrk refresh_half "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
+  "$WORK/half.tokens" "$CONNECTIONS" "$THREADS" "$HALF_RATE"
+
+log "registering $LOGIN_USERS users (default argon2 cost)"
+"$SEED_BIN" users --base "$BASE" --count "$LOGIN_USERS" --out "$WORK/users" 2>>"$RAW/seed.log"
+run_wrk login "$LOGIN_CONNECTIONS" 1 "$SHORT" login.lua "$BASE" "$WORK/users" 1
+
+drop_sessions
+seed_redis_sessions "$WORK/flood.tokens"
+log "login flood in the background, paced refresh in front"
+wrk -t1 -c"$LOGIN_CONNECTIONS" -d"$((SHORT + 3))s" --timeout 10s -s "$LUA/login.lua" "$BASE" \
+  -- "$WORK/users" 1 >"$RAW/login_flood.txt" 2>&1 &
+FLOOD=$!
+STARTED+=("$FLOOD")
+sleep 1
+run_wrk refresh_flood "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
+  "$WORK/flood.tokens" "$CONNECTIONS" "$THREADS" "$HALF_RATE"
+wait "$FLOOD" || true
+read_result login_flood "$LOGIN_CONNECTIONS" "$((SHORT + 3))"
+
+run_wrk jwks "$CONNECTIONS" "$THREADS" "$SHORT" static.lua "$BASE/.well-known/jwks.json"
+run_wrk static "$CONNECTIONS" "$THREADS" "$SHORT" static.lua "$BASE/healthz"
+
+drop_sessions
+seed_redis_sessions "$WORK/mixed.tokens"
+run_wrk mixed "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
+  "$WORK/mixed.tokens" "$CONNECTIONS" "$THREADS" 0 mixed "$WORK/users"
+R[redis.live_sessions]=$(rcli --scan --pattern 'tokend:{u:*}:s:*' | wc -l)
+stop_tokend
+
+# --- report -----------------------------------------------------------------------------
+END_LOAD=$(cat /proc/loadavg)
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+memtotal=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+rustc_v=$(rustc -V 2>/dev/null || echo "unknown")
+redis_v=$(redis-server --version | awk '{ print $3 }' | tr -d 'v=')
+wrk_v=$( (wrk -v 2>&1 || true) | head -1 | awk '{ print $2 }')
+
+row() { # row NAME WHAT
+  local n=$1
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" "$2" \
+    "$(get "$n.conns")" "$(printf '%.0f' "$(get "$n.rps")")" "$(ms "$n.p50_us")" \
+    "$(ms "$n.p90_us")" "$(ms "$n.p99_us")" "$(ms "$n.max_us")" "$(failures "$n")" \
+    "$(get "$n.lost")"
+}
+
+{
+  echo "# tokend load test report ($MODE run)"
+  echo
+  echo "Command: \`load-tests/run.sh$([ "$QUICK" = 1 ] && echo ' --smoke')\`, started $START_TIME."
+  echo
+  echo "## Machine"
+  echo
+  echo "| | |"
+  echo "| --- | --- |"
+  echo "| CPUs (nproc) | $(nproc) |"
+  echo "| CPU | $cpu |"
+  echo "| memory | $memtotal |"
+  echo "| kernel | $(uname -r) |"
+  echo "| rustc | $rustc_v |"
+  echo "| redis-server | $redis_v |"
+  echo "| wrk | $wrk_v |"
+  echo "| load average at start | $START_LOAD |"
+  echo "| load average at end | $END_LOAD |"
+  echo
+  echo "tokend, Redis and wrk share the machine. A load average well above the CPU count"
+  echo "before a scenario means other work was running: such figures are not quotable."
+  echo
+  echo "## Scenarios"
+  echo
+  echo "Latencies in ms (wrk, closed loop unless paced). *failed* counts socket errors,"
+  echo "timeouts, statuses over 399 and lost tokens; *lost* counts refresh chains broken by"
+  echo "a non-200 answer. $SESSIONS live sessions per refresh scenario, one user each,"
+  echo "tokens rotated in place (each used once, its successor next)."
+  echo
+  echo "| scenario | what | conns | req/s | p50 | p90 | p99 | max | failed | lost |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  row ceiling "refresh, embedded store (ceiling)"
+  row refresh "refresh, Redis"
+  row refresh_half "refresh, Redis, paced at $HALF_RATE/s"
+  row refresh_flood "refresh, Redis, paced at $HALF_RATE/s, during login flood"
+  row login "login, default argon2id"
+  row login_flood "the login flood itself"
+  row jwks "GET /.well-known/jwks.json"
+  row static "GET /healthz (static baseline)"
+  row mixed "mixed: 90% refresh, 4% list, 3% logout, 3% login"
+  echo
+  echo "Answers by status:"
+  echo
+  for n in "${SCENARIOS[@]}"; do
+    s=$(statuses "$n")
+    echo "- $n: ${s:-only 2xx (not broken down)}$( [ "$(get "$n.reclaimed")" != 0 ] && echo "; reclaimed slots $(get "$n.reclaimed")")"
+  done
+  echo
+  echo "## Ratios and resources"
+  echo
+  echo "| figure | value |"
+  echo "| --- | --- |"
+  echo "| refresh on Redis / ceiling (embedded store) throughput | $(ratio "$(get refresh.rps)" "$(get ceiling.rps)") |"
+  echo "| JWKS / static bytes throughput | $(ratio "$(get jwks.rps)" "$(get static.rps)") |"
+  echo "| refresh p99 during login flood / quiet (both paced at $HALF_RATE/s) | $(ratio "$(get refresh_flood.p99_us)" "$(get refresh_half.p99_us)") ($(ms refresh_flood.p99_us) ms / $(ms refresh_half.p99_us) ms) |"
+  echo "| Redis bytes per live session, bare (ip only), $MEMORY_SESSIONS sessions | $(get mem.bare.per) (used_memory $(get mem.bare.before) → $(get mem.bare.after), $(get mem.bare.keys) keys) |"
+  echo "| Redis bytes per live session, with User-Agent and device | $(get mem.browser.per) (used_memory $(get mem.browser.before) → $(get mem.browser.after)) |"
+  echo "| tokend RSS during refresh on Redis, max sampled / peak (VmHWM) | $(( $(get rss.refresh.max) / 1024 )) MiB / $(( $(get rss.refresh.hwm) / 1024 )) MiB |"
+  echo "| tokend RSS during the ceiling run, max sampled | $(( $(get rss.ceiling.max) / 1024 )) MiB |"
+  echo "| live sessions in Redis after the mixed run | $(get redis.live_sessions) |"
+  echo
+  echo "## How each scenario runs"
+  echo
+  echo "- **ceiling**: tokend on the embedded store (\`TOKEND_REDIS_URL\` unset), so the"
+  echo "  store call is an in-process map update under a mutex: everything of a refresh but"
+  echo "  the Redis round trip. Seeded over HTTP (cheap argon2 on this instance only)."
+  echo "- **refresh**: tokend on a private redis-server, sessions written by the crate's"
+  echo "  \`RedisStore::create_session\` (\`examples/load_seed.rs\`), wrk with"
+  echo "  \`lua/sessions.lua\`: one token pool per connection, successors taken from the body."
+  echo "- **paced** runs add a per-connection delay so the offered rate is half the"
+  echo "  measured refresh throughput; the flood run has a concurrent"
+  echo "  $LOGIN_CONNECTIONS-connection login run (default argon2id, 19 MiB, 2 passes)"
+  echo "  saturating the password-hashing pool."
+  echo "- **static**: \`GET /healthz\`, a constant two-field JSON through the same router"
+  echo "  and middleware; the cheapest route tokend has, used as the static-bytes baseline."
+  echo "- **memory**: \`INFO memory\` used_memory before and after $MEMORY_SESSIONS sessions,"
+  echo "  each of its own user (so each also pays for its own session index: the worst case)."
+  echo
+  echo "Raw wrk output, tokend and Redis logs: \`$RAW\`."
+} >"$REPORT"
+
+log "report written to $REPORT"
+for n in "${SCENARIOS[@]}"; do
+  f=$(failures "$n")
+  if [ "$f" != 0 ]; then
+    log "scenario $n: $f failed requests or lost tokens"
+    FAILED=1
+  fi
+done
+if [ "$QUICK" = 1 ] && [ "$FAILED" != 0 ]; then
+  cat "$REPORT" >&2
+  exit 1
+fi
+cat "$REPORT"
