@@ -158,6 +158,38 @@ pub struct Lifecycle {
     policy: Policy,
     /// Lets one reuse walk run at a time (see [`MAX_REUSE_WALK`]).
     walks: tokio::sync::Semaphore,
+    /// Token ids without a system call per token.
+    jti: JtiSource,
+}
+
+/// Unique, unguessable `jti` values: a keyed BLAKE3 hash of a counter under a key
+/// drawn once per process. Unique within the process by the counter, across processes
+/// by the key; about 0.1 µs instead of a `getrandom` call per token.
+struct JtiSource {
+    key: [u8; 32],
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl JtiSource {
+    fn new(rng: &ring::rand::SystemRandom) -> Self {
+        Self {
+            key: ring::rand::generate(rng)
+                .expect("the system random source does not fail once initialised")
+                .expose(),
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let digest = blake3::keyed_hash(&self.key, &n.to_le_bytes());
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            &digest.as_bytes()[..16],
+        )
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -201,6 +233,7 @@ impl Lifecycle {
             clock,
             policy,
             walks: tokio::sync::Semaphore::new(1),
+            jti: JtiSource::new(&ring::rand::SystemRandom::new()),
         }
     }
 
@@ -346,10 +379,7 @@ impl Lifecycle {
         expires_at_ms: u64,
         absolute_expires_at_ms: u64,
     ) -> Issued {
-        let jti: [u8; 16] = ring::rand::generate(&self.rng)
-            .expect("the system random source does not fail once initialised")
-            .expose();
-        let jti = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, jti);
+        let jti = self.jti.next();
         let started = std::time::Instant::now();
         let access_token = self.signer.sign(
             &refresh_token.user_id,
@@ -610,5 +640,20 @@ impl Lifecycle {
             .ok_or(LifecycleError::InvalidCredentials)?;
         metrics::counter!(m::PASSWORD_CHANGES).increment(1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids_are_unique_and_differ_between_processes() {
+        let rng = ring::rand::SystemRandom::new();
+        let (a, b) = (JtiSource::new(&rng), JtiSource::new(&rng));
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| a.next()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&b.next()), "another source starts elsewhere");
+        assert!(ids.iter().all(|id| id.len() == 22));
     }
 }
