@@ -122,6 +122,7 @@ pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, Star
         keyring = %config.keys.as_ref().map_or("ephemeral".into(), |p| p.display().to_string()),
         signing_kid = %keyring.signing_key().kid,
         published_kids = %kids.join(","),
+        signing_backend = crate::token::signing::BACKEND,
         issuer = %config.issuer,
         audience = %config.audience,
         access_ttl_s = config.access_ttl.as_secs(),

@@ -4,3 +4,4 @@
 pub mod access;
 pub mod keyring;
 pub mod refresh;
+pub mod signing;

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::signing::KeyPair as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use ring::signature::KeyPair as _;
 use serde::{Deserialize, Serialize};
 
 use super::keyring::Keyring;
@@ -340,7 +340,11 @@ mod tests {
         }
     }
 
-    fn sign_raw(pair: &ring::signature::Ed25519KeyPair, header: &str, claims: &str) -> String {
+    fn sign_raw(
+        pair: &super::super::signing::Ed25519KeyPair,
+        header: &str,
+        claims: &str,
+    ) -> String {
         let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
         let sig = pair.sign(input.as_bytes());
         format!("{input}.{}", B64.encode(sig.as_ref()))

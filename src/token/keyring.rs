@@ -12,9 +12,9 @@
 use std::fmt;
 use std::path::Path;
 
+use super::signing::{self, Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde::{Deserialize, Serialize};
 
 /// Why a keyring could not be read, written or used.
@@ -95,11 +95,8 @@ fn kid_for(public_key: &[u8]) -> String {
     B64.encode(&digest.as_bytes()[..12])
 }
 
-fn new_pkcs8(rng: &ring::rand::SystemRandom) -> Vec<u8> {
-    Ed25519KeyPair::generate_pkcs8(rng)
-        .expect("the system random source does not fail once initialised")
-        .as_ref()
-        .to_vec()
+fn new_pkcs8(_rng: &ring::rand::SystemRandom) -> Vec<u8> {
+    signing::generate_pkcs8()
 }
 
 fn parse_pair(pkcs8: &[u8]) -> Result<KeyPair, KeyringError> {
