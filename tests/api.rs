@@ -1,6 +1,7 @@
 //! The HTTP contract, end to end over loopback, against both stores: each case runs
 //! once on the embedded store and once on a private `redis-server`.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -18,27 +19,6 @@ struct Env {
 async fn env_with(backend: &str, tweak: impl FnOnce(&mut ServeArgs)) -> Env {
     let (app, redis) = common::app_on(backend, tweak).await;
     Env { app, _redis: redis }
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("memory").await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("redis").await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_stores!(

@@ -1,6 +1,7 @@
 //! Races, outages and hostile input: each case is a fault real token services have
 //! shipped, run against both stores where it applies.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -8,27 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, RedisServer, TestApp, Tokens, app_on, test_args};
 use serde_json::json;
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("memory").await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("redis").await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     sixty_four_racers_with_zero_grace_mint_at_most_one_successor,

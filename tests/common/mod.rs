@@ -2,6 +2,30 @@
 //! and a small HTTP client for the API.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+/// Instantiates each named `async fn name(backend: &str)` as two tests, `memory::name`
+/// and `redis::name`, one per store.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("memory").await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("redis").await;
+                }
+            )*
+        }
+    };
+}
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
