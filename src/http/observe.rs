@@ -118,7 +118,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let route = route_label(&req);
     let method = method_label(req.method());
     let id = request_id(&req);
-    let span = tracing::debug_span!("request", method, route, request_id = %id);
+    let span = tracing::debug_span!("request", method, route = %route, request_id = %id);
 
     let mut response = if query_carries_token(&req) {
         ApiError::InvalidRequest("tokens and passwords are never accepted in the URL".to_owned())
