@@ -53,25 +53,21 @@ fn start(redis_url: &str, keys: &std::path::Path) -> Running {
     running
 }
 
-fn generate_keys(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("keys.json");
-    let out = Command::new(BIN)
-        .args(["keys", "generate", "--out"])
-        .arg(&path)
-        .output()
-        .expect("run keys generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = http.post(url).json(&body).send().await.expect("request");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The Prometheus text of the running binary's metrics listener.
+async fn scrape(http: &reqwest::Client, server: &Running) -> String {
+    http.get(format!("{}/metrics", server.metrics))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
 }
 
 async fn verify_with_jwks(http: &reqwest::Client, base: &str, access: &str) -> Value {
@@ -101,7 +97,7 @@ async fn verify_with_jwks(http: &reqwest::Client, base: &str, access: &str) -> V
 async fn the_binary_serves_a_full_session_that_survives_a_restart() {
     let redis = RedisServer::private();
     let dir = tempfile::tempdir().expect("temp dir");
-    let keys = generate_keys(dir.path());
+    let keys = common::generate_keys(dir.path());
     let http = reqwest::Client::new();
 
     let server = start(&redis.url, &keys);
@@ -134,14 +130,7 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
     assert_eq!(claims["sid"], body["session_id"]);
     let refresh = body["refresh_token"].as_str().expect("rt").to_owned();
 
-    let metrics = http
-        .get(format!("{}/metrics", server.metrics))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(&http, &server).await;
     for family in [
         "tokend_http_request_duration_seconds_bucket",
         "tokend_login_total",
@@ -193,14 +182,7 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
     )
     .await;
     assert_eq!((status, &body["error"]), (401, &json!("invalid_token")));
-    let metrics = http
-        .get(format!("{}/metrics", server.metrics))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(&http, &server).await;
     for outcome in ["ok", "reused", "revoked"] {
         let line = format!("tokend_refresh_total{{outcome=\"{outcome}\"}} ");
         assert!(metrics.contains(&line), "no {line} in /metrics");
@@ -211,7 +193,7 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
 async fn sigterm_drains_and_exits_cleanly() {
     let redis = RedisServer::private();
     let dir = tempfile::tempdir().expect("temp dir");
-    let keys = generate_keys(dir.path());
+    let keys = common::generate_keys(dir.path());
     let mut server = start(&redis.url, &keys);
     let pid = server.child.id().to_string();
     let status = Command::new("kill")

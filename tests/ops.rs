@@ -62,17 +62,6 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-fn generate_keys(dir: &Path) -> PathBuf {
-    let path = dir.join("keys.json");
-    let out = Command::new(BIN)
-        .args(["keys", "generate", "--out"])
-        .arg(&path)
-        .output()
-        .expect("run keys generate");
-    assert_success("keys generate", &out);
-    path
-}
-
 /// The real binary on loopback ports against `redis_url`, with `extra` settings; its
 /// logs go to `log`.
 fn start_tokend(
@@ -570,7 +559,7 @@ fn expand_grafana_variables(expr: &str) -> String {
 async fn every_dashboard_and_alert_query_evaluates_against_a_real_prometheus() {
     let mut redis = RedisServer::private();
     let dir = tempfile::tempdir().expect("temp dir");
-    let keys = generate_keys(dir.path());
+    let keys = common::generate_keys(dir.path());
     let cheap = [
         ("TOKEND_ARGON2_MEMORY_KIB", "1024"),
         ("TOKEND_ARGON2_ITERATIONS", "1"),
@@ -694,7 +683,7 @@ async fn sigterm_lets_logins_in_flight_finish_then_exits_cleanly() {
     const LOGINS: usize = 8;
     let redis = RedisServer::private();
     let dir = tempfile::tempdir().expect("temp dir");
-    let keys = generate_keys(dir.path());
+    let keys = common::generate_keys(dir.path());
     // The default argon2 cost, one hash at a time: a few logins make a queue that takes
     // a while to drain, as a login burst does in production.
     let log = dir.path().join("tokend.log");

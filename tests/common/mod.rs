@@ -567,3 +567,20 @@ pub fn require_python_module(module: &str, requirement: &str) {
         .is_ok_and(|s| s.success());
     assert!(installed && present(), "pip install {requirement} failed");
 }
+
+/// Writes a keyring with the real binary's `keys generate`, as a user would, into
+/// `dir/keys.json`, and returns its path.
+pub fn generate_keys(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("keys.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["keys", "generate", "--out"])
+        .arg(&path)
+        .output()
+        .expect("run keys generate");
+    assert!(
+        out.status.success(),
+        "keys generate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
