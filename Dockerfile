@@ -6,6 +6,9 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo loads every target the manifest declares before building any one of them, so
+# the bench sources must be here even though the image builds only the binary.
+COPY benches ./benches
 # The cache mounts keep the registry and compiled dependencies between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

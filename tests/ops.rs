@@ -265,6 +265,287 @@ fn the_image_is_multi_stage_non_root_and_checks_itself_with_the_binary() {
     );
 }
 
+/// One `COPY` of a Dockerfile stage: its sources in the build context and destination.
+#[derive(Debug)]
+struct Copy {
+    sources: Vec<String>,
+    dest: String,
+}
+
+/// The instructions of a Dockerfile, continuation lines joined and comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<String> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                instructions.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    instructions
+}
+
+/// The context `COPY`s of the stage that runs `cargo build` (copies `--from` another
+/// stage are left out).
+fn build_stage_copies(dockerfile: &str) -> Vec<Copy> {
+    let instructions = dockerfile_instructions(dockerfile);
+    let stages: Vec<&[String]> = instructions
+        .split(|i| i.starts_with("FROM "))
+        .skip(1)
+        .collect();
+    let build = stages
+        .iter()
+        .find(|s| s.iter().any(|i| i.contains("cargo build")))
+        .expect("a stage that runs cargo build");
+    build
+        .iter()
+        .filter_map(|i| i.strip_prefix("COPY "))
+        .filter_map(|args| {
+            let words: Vec<String> = if args.trim_start().starts_with('[') {
+                serde_json::from_str(args).expect("COPY in JSON form")
+            } else {
+                args.split_whitespace().map(str::to_owned).collect()
+            };
+            let words: Vec<String> = words.into_iter().filter(|w| !w.starts_with("--")).collect();
+            if args.contains("--from") {
+                return None;
+            }
+            let (dest, sources) = words.split_last().expect("COPY has a destination");
+            Some(Copy {
+                sources: sources.to_vec(),
+                dest: dest.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Whether `.dockerignore` (its lines in `ignore`) keeps `path` out of the build
+/// context: the last pattern matching the path or one of its parent directories
+/// decides, as Docker does.
+fn docker_ignores(ignore: &str, path: &str) -> bool {
+    fn glob(pattern: &[&str], path: &[&str]) -> bool {
+        match (pattern.split_first(), path.split_first()) {
+            (None, None) => true,
+            (Some((&"**", rest)), _) => {
+                glob(rest, path) || (!path.is_empty() && glob(pattern, &path[1..]))
+            }
+            (Some((p, prest)), Some((s, srest))) => segment(p, s) && glob(prest, srest),
+            _ => false,
+        }
+    }
+    fn segment(pattern: &str, name: &str) -> bool {
+        match pattern.chars().next() {
+            None => name.is_empty(),
+            Some('*') => (0..=name.len())
+                .filter(|&i| name.is_char_boundary(i))
+                .any(|i| segment(&pattern[1..], &name[i..])),
+            Some(c) => {
+                name.chars().next().is_some_and(|n| c == '?' || c == n) && {
+                    let n = name.chars().next().map_or(0, char::len_utf8);
+                    segment(&pattern[c.len_utf8()..], &name[n..])
+                }
+            }
+        }
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut ignored = false;
+    for line in ignore.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keep, pattern) = match line.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, line),
+        };
+        let pattern = pattern.trim_start_matches("./").trim_matches('/');
+        let pattern: Vec<&str> = pattern.split('/').collect();
+        if (1..=parts.len()).any(|n| glob(&pattern, &parts[..n])) {
+            ignored = !keep;
+        }
+    }
+    ignored
+}
+
+/// The source files of the targets `Cargo.toml` declares (`[lib]`, `[[bin]]`,
+/// `[[bench]]`, `[[example]]`), by their `path` or cargo's default for their name.
+fn declared_target_files(manifest: &str) -> Vec<String> {
+    let package = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name = "))
+        .map(|n| n.trim_matches('"').to_owned())
+        .expect("package name");
+    let mut targets: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    let mut in_target = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_target = ["[lib]", "[[bin]]", "[[bench]]", "[[example]]"].contains(&line);
+            if in_target {
+                targets.push((line.trim_matches(['[', ']']).to_owned(), None, None));
+            }
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = Some(value.trim().trim_matches('"').to_owned());
+        if let (true, Some(target)) = (in_target, targets.last_mut()) {
+            match key.trim() {
+                "name" => target.1 = value,
+                "path" => target.2 = value,
+                _ => {}
+            }
+        }
+    }
+    targets
+        .into_iter()
+        .map(|(kind, name, path)| {
+            path.unwrap_or_else(|| {
+                let name = name.unwrap_or_else(|| package.clone());
+                let candidates = match kind.as_str() {
+                    "lib" => vec!["src/lib.rs".to_owned()],
+                    "bin" if name == package => vec!["src/main.rs".to_owned()],
+                    "bin" => vec![
+                        format!("src/bin/{name}.rs"),
+                        format!("src/bin/{name}/main.rs"),
+                    ],
+                    "bench" => vec![
+                        format!("benches/{name}.rs"),
+                        format!("benches/{name}/main.rs"),
+                    ],
+                    _ => vec![
+                        format!("examples/{name}.rs"),
+                        format!("examples/{name}/main.rs"),
+                    ],
+                };
+                candidates
+                    .iter()
+                    .find(|c| repo(c).is_file())
+                    .unwrap_or_else(|| panic!("no source file for {kind} {name}: {candidates:?}"))
+                    .clone()
+            })
+        })
+        .collect()
+}
+
+/// Whether a `COPY` of the build stage brings the context file `file` to the same
+/// relative path in the stage's working directory.
+fn copied_to_same_place(copies: &[Copy], file: &str) -> bool {
+    let strip = |p: &str| p.trim_start_matches("./").trim_end_matches('/').to_owned();
+    copies.iter().any(|copy| {
+        let dest = strip(&copy.dest);
+        copy.sources.iter().map(|s| strip(s)).any(|source| {
+            if source == file {
+                // A file copied into the working directory keeps its name.
+                (dest.is_empty() && !file.contains('/')) || dest == file
+            } else {
+                // A directory's contents land in the destination directory.
+                file.starts_with(&format!("{source}/")) && dest == source
+            }
+        })
+    })
+}
+
+#[test]
+fn the_build_stage_gets_every_file_the_manifest_declares() {
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).expect("Cargo.toml");
+    let dockerfile = std::fs::read_to_string(repo("Dockerfile")).expect("Dockerfile");
+    let ignore = std::fs::read_to_string(repo(".dockerignore")).expect(".dockerignore");
+    let copies = build_stage_copies(&dockerfile);
+    let mut files = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+    files.extend(declared_target_files(&manifest));
+    assert!(
+        files.iter().any(|f| f.starts_with("benches/")),
+        "the manifest declares benches: {files:?}"
+    );
+    // Cargo refuses to load a manifest whose declared target file is missing, even to
+    // build another target: each one must reach the build stage.
+    for file in &files {
+        assert!(repo(file).is_file(), "{file} is declared but missing");
+        assert!(
+            !docker_ignores(&ignore, file),
+            ".dockerignore keeps {file} out of the build context"
+        );
+        assert!(
+            copied_to_same_place(&copies, file),
+            "no COPY of the build stage brings {file} to ./{file}: {copies:?}"
+        );
+    }
+    // The matcher itself: the allow-list shape this file relies on.
+    assert!(docker_ignores("*\n!src/\n", "target/debug/tokend"));
+    assert!(!docker_ignores("*\n!src/\n", "src/main.rs"));
+    assert!(docker_ignores(
+        "*\n!src/\nsrc/**/*.bak\n",
+        "src/store/old.bak"
+    ));
+
+    // What cargo itself says of the staged context: the manifest loads.
+    let staged = tempfile::tempdir().expect("temp dir");
+    for copy in &copies {
+        for source in &copy.sources {
+            let source = source.trim_start_matches("./").trim_end_matches('/');
+            let dest = staged.path().join(copy.dest.trim_start_matches("./"));
+            stage(
+                &ignore,
+                source,
+                &repo(source),
+                &dest,
+                copy.sources.len() > 1 || copy.dest.ends_with('/'),
+            );
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args(["fetch", "--locked", "--offline"])
+        .current_dir(staged.path())
+        .env("CARGO_TARGET_DIR", staged.path().join("target"))
+        .output()
+        .expect("run cargo");
+    assert_success(
+        "cargo loading the manifest in the staged build context",
+        &out,
+    );
+}
+
+/// Copies `from` (context path `source`) as `COPY` would to `dest`, leaving out what
+/// `.dockerignore` excludes. `into` means `dest` is a directory the file goes into.
+fn stage(ignore: &str, source: &str, from: &Path, dest: &Path, into: bool) {
+    if docker_ignores(ignore, source) && !from.is_dir() {
+        return;
+    }
+    if from.is_dir() {
+        for entry in std::fs::read_dir(from).expect("read dir") {
+            let entry = entry.expect("dir entry");
+            let name = entry.file_name();
+            let name = name.to_str().expect("utf-8 name");
+            stage(
+                ignore,
+                &format!("{source}/{name}"),
+                &entry.path(),
+                &dest.join(name),
+                false,
+            );
+        }
+        return;
+    }
+    let target = if into {
+        dest.join(from.file_name().expect("file name"))
+    } else {
+        dest.to_path_buf()
+    };
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(from, &target).expect("stage file");
+}
+
 #[test]
 fn keys_generate_if_missing_keeps_an_existing_keyring() {
     let dir = tempfile::tempdir().expect("temp dir");
