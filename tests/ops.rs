@@ -836,6 +836,83 @@ fn expand_grafana_variables(expr: &str) -> String {
     expanded
 }
 
+/// The dashboard's panels in order, with the panels that rows hold (a collapsed row
+/// keeps its panels inside itself) after their row.
+fn dashboard_panels(panels: &[Value]) -> Vec<&Value> {
+    panels
+        .iter()
+        .flat_map(|panel| {
+            let nested = panel["panels"].as_array().map_or(&[][..], Vec::as_slice);
+            std::iter::once(panel).chain(dashboard_panels(nested))
+        })
+        .collect()
+}
+
+/// Label matchers of dashboard queries that select what the test traffic never causes,
+/// so a query made of them is empty without its `or vector(0)`: a 5xx other than 503
+/// is a bug.
+const NOT_CAUSED_BY_THE_TRAFFIC: &[&str] = &[r#"status=~"5..", status!="503""#];
+
+/// The series selectors of a query: each metric name written before `{`, with the
+/// label names its matchers use.
+fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        let metric: String = rest[..open]
+            .chars()
+            .rev()
+            .take_while(|&c| is_name(c))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let body = &rest[open + 1..];
+        let (mut labels, mut quoted, mut close, mut at_start) = (Vec::new(), false, None, true);
+        for (i, c) in body.char_indices() {
+            match c {
+                '"' if !body[..i].ends_with('\\') => quoted = !quoted,
+                '}' if !quoted => {
+                    close = Some(i);
+                    break;
+                }
+                ',' if !quoted => at_start = true,
+                _ if at_start && !quoted && is_name(c) => {
+                    let name: String = body[i..].chars().take_while(|&c| is_name(c)).collect();
+                    labels.push(name);
+                    at_start = false;
+                }
+                _ => {}
+            }
+        }
+        let close = close.unwrap_or_else(|| panic!("unclosed selector in {expr}"));
+        if !metric.is_empty() {
+            found.push((metric, labels));
+        }
+        rest = &body[close + 1..];
+    }
+    found
+}
+
+/// Fails unless every metric a query selects has series in Prometheus and carries
+/// every label its matchers name, so a misspelt name cannot hide behind a fallback or
+/// a negative matcher.
+async fn check_series_exist(prometheus: &Prometheus, expr: &str) {
+    let selectors = selectors(expr);
+    assert!(!selectors.is_empty(), "no metric selector in {expr}");
+    for (metric, labels) in selectors {
+        let series = prometheus.query(&format!("group({metric})")).await;
+        assert!(!series.is_empty(), "no series of {metric} ({expr})");
+        for label in labels {
+            let series = prometheus
+                .query(&format!("group({metric}{{{label}!=\"\"}})"))
+                .await;
+            assert!(!series.is_empty(), "{metric} has no label {label} ({expr})");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_and_alert_query_evaluates_against_a_real_prometheus() {
     let mut redis = RedisServer::private();
@@ -896,7 +973,7 @@ async fn every_dashboard_and_alert_query_evaluates_against_a_real_prometheus() {
     .expect("dashboard JSON");
     let mut evaluated = 0;
     println!("Dashboard panels against Prometheus:");
-    for panel in dashboard["panels"].as_array().expect("panels") {
+    for panel in dashboard_panels(dashboard["panels"].as_array().expect("panels")) {
         let title = panel["title"].as_str().unwrap_or("?");
         if panel["type"] == "row" {
             println!("\n== {title}");
@@ -909,10 +986,59 @@ async fn every_dashboard_and_alert_query_evaluates_against_a_real_prometheus() {
             let result = prometheus.query(&expr).await;
             println!("    {expr}\n      => {}", show(&result));
             assert!(!result.is_empty(), "panel {title:?} shows no data: {expr}");
+            check_series_exist(&prometheus, &expr).await;
+            // `or vector(0)` answers even for a metric that does not exist: the query
+            // without it must show the traffic above, bar the outcomes it never causes.
+            if let Some(bare) = expr.trim().strip_suffix("or vector(0)") {
+                let result = prometheus.query(bare).await;
+                println!("    without the fallback => {}", show(&result));
+                let never_caused = NOT_CAUSED_BY_THE_TRAFFIC.iter().any(|m| bare.contains(m));
+                assert!(
+                    !result.is_empty() || never_caused,
+                    "panel {title:?} shows only its fallback: {bare}"
+                );
+            }
             evaluated += 1;
         }
     }
     assert!(evaluated >= 25, "only {evaluated} dashboard queries");
+
+    // The instance picker: Grafana lists the label's values over the metric's series.
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    assert!(
+        !variables.is_empty(),
+        "the dashboard has an instance picker"
+    );
+    for variable in variables {
+        let name = variable["name"].as_str().unwrap_or("?");
+        assert_eq!(variable["type"], "query", "{name}");
+        assert_eq!(variable["datasource"]["uid"], "prometheus", "{name}");
+        let query = variable["query"]["query"].as_str().expect("variable query");
+        let (metric, label) = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .and_then(|q| q.split_once(','))
+            .map(|(m, l)| (m.trim(), l.trim()))
+            .unwrap_or_else(|| panic!("{name}: not label_values(metric, label): {query}"));
+        let series = prometheus.query(metric).await;
+        println!("\nVariable {name}: {metric} => {}", show(&series));
+        assert!(
+            !series.is_empty(),
+            "variable {name}: {metric} has no series"
+        );
+        let values = prometheus
+            .api(&format!(
+                "/api/v1/label/{label}/values?match[]={}",
+                encode(metric)
+            ))
+            .await;
+        assert!(
+            values.as_array().is_some_and(|v| !v.is_empty()),
+            "variable {name} offers no {label}: {values}"
+        );
+    }
 
     println!("\nAlert rules:");
     let rules = alert_rules();
