@@ -47,6 +47,7 @@ on_both_stores!(
     health_readiness_and_unknown_routes,
     tokens_in_the_url_are_refused,
     cookie_transport_keeps_the_refresh_token_out_of_the_body,
+    cookie_requests_refused_for_csrf_rotate_and_revoke_nothing,
     the_cookie_lives_to_the_sessions_absolute_end_and_both_transports_coexist,
     logout_all_by_cookie_clears_it_with_the_same_scope_even_for_a_gone_session,
     pages_of_other_origins_cannot_plant_use_or_drop_the_cookie,
@@ -752,8 +753,9 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     assert_ne!(rotated.split(';').next(), Some(pair.as_str()));
     let rotated_pair = rotated.split(';').next().expect("name=value").to_owned();
 
-    // Logout by cookie without the CSRF header is refused and revokes nothing; with the
-    // header it ends the session and clears the cookie.
+    // Logout by cookie without the CSRF header is refused (that it revokes nothing is
+    // shown without a grace window, below); with the header it ends the session and
+    // clears the cookie.
     let logout = |csrf: bool| {
         let mut req = app
             .http
@@ -801,6 +803,65 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     )
     .await;
     assert_eq!((r.status, r.code()), (401, "invalid_token"));
+}
+
+/// A cookie request without the anti-CSRF header, as a page of another site could send
+/// it if the browser attached the cookie.
+async fn without_csrf_header(app: &TestApp, path: &str, pair: &str) -> common::Reply {
+    common::Reply::read(
+        app.http
+            .post(app.url(path))
+            .header("cookie", pair)
+            .send()
+            .await,
+    )
+    .await
+}
+
+async fn cookie_requests_refused_for_csrf_rotate_and_revoke_nothing(backend: &str) {
+    // With no grace window, a refused refresh that had rotated the token would make the
+    // next use of the same cookie a replay (401 token_reused), and a refused logout that
+    // had revoked the session would make it 401.
+    let env = env_with(backend, |a| a.refresh_grace = Some("0".into())).await;
+    let app = &env.app;
+    let (email, password) = app.user().await;
+    let phone = app.login(&email, &password, "phone").await;
+    let r = cookie_login(app, &email, &password).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (first, _) = cookie_parts(r.header("set-cookie").expect("cookie"));
+
+    let r = without_csrf_header(app, "/v1/auth/refresh", &first).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    let r = with_cookie(app, "/v1/auth/refresh", &first).await;
+    assert_eq!(
+        r.status, 200,
+        "the refused refresh rotated the token: {}",
+        r.body
+    );
+    let (second, _) = cookie_parts(r.header("set-cookie").expect("rotated cookie"));
+    assert_ne!(second, first);
+
+    let mut current = second;
+    for path in ["/v1/auth/logout", "/v1/auth/logout-all"] {
+        let r = without_csrf_header(app, path, &current).await;
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{path}");
+        let r = with_cookie(app, "/v1/auth/refresh", &current).await;
+        assert_eq!(
+            r.status, 200,
+            "the refused {path} revoked the session: {}",
+            r.body
+        );
+        (current, _) = cookie_parts(r.header("set-cookie").expect("rotated cookie"));
+    }
+    let r = app.refresh(&phone.refresh).await;
+    assert_eq!(
+        r.status, 200,
+        "the refused logout-all revoked the other device"
+    );
+
+    // The premise: without a grace window, the spent first cookie is a replay.
+    let r = with_cookie(app, "/v1/auth/refresh", &first).await;
+    assert_eq!((r.status, r.code()), (401, "token_reused"));
 }
 
 /// The `name=value` part and the attributes of a `Set-Cookie` header.
