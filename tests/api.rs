@@ -49,6 +49,7 @@ on_both_stores!(
     cookie_transport_keeps_the_refresh_token_out_of_the_body,
     cookie_requests_refused_for_csrf_rotate_and_revoke_nothing,
     the_cookie_lives_to_the_sessions_absolute_end_and_both_transports_coexist,
+    the_cookie_max_age_is_the_sessions_remaining_lifetime_as_time_passes,
     logout_all_by_cookie_clears_it_with_the_same_scope_even_for_a_gone_session,
     pages_of_other_origins_cannot_plant_use_or_drop_the_cookie,
     cors_answers_listed_origins_only,
@@ -936,6 +937,59 @@ async fn the_cookie_lives_to_the_sessions_absolute_end_and_both_transports_coexi
     let t = Tokens::from(&r.body);
     let r = app.get_bearer("/v1/sessions", &t.access).await;
     assert_eq!(r.body["sessions"].as_array().map(Vec::len), Some(2));
+}
+
+async fn the_cookie_max_age_is_the_sessions_remaining_lifetime_as_time_passes(backend: &str) {
+    const MAX_TTL: u64 = 3 * 3600;
+    // The Redis server, if any, lives as long as `_redis`.
+    let (_redis, store) = match backend {
+        "memory" => (None, common::Backend::Memory),
+        _ => {
+            let redis = RedisServer::any();
+            let url = redis.url.clone();
+            (Some(redis), common::Backend::Redis(url))
+        }
+    };
+    let mut args = common::test_args(&store);
+    args.session_idle_ttl = Some("2h".into());
+    args.session_max_ttl = Some(format!("{MAX_TTL}s"));
+    let config = tokend::config::Config::from_args(&args).expect("valid config");
+    let clock = tokend::clock::Clock::manual();
+    let app = TestApp::start_with(config, clock.clone()).await;
+    let (email, password) = app.user().await;
+
+    let r = cookie_login(&app, &email, &password).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let set = r.header("set-cookie").expect("cookie").to_owned();
+    let at_login = max_age(&set);
+    assert!((MAX_TTL - 1..=MAX_TTL).contains(&at_login), "{set}");
+    let (mut pair, _) = cookie_parts(&set);
+
+    // Refreshes within the idle lifetime keep the session, but never move its end: the
+    // cookie must be gone from the browser exactly when the session ends.
+    let mut elapsed = 0;
+    for step in [90 * 60, 60 * 60, 20 * 60] {
+        clock.advance(Duration::from_secs(step));
+        elapsed += step;
+        let r = with_cookie(&app, "/v1/auth/refresh", &pair).await;
+        assert_eq!(r.status, 200, "after {elapsed} s: {}", r.body);
+        let set = r.header("set-cookie").expect("replaced cookie").to_owned();
+        let remaining = max_age(&set);
+        assert!(remaining <= MAX_TTL, "{set}");
+        assert!(
+            remaining.abs_diff(at_login - elapsed) <= 1,
+            "after {elapsed} s the cookie lives {remaining} s, not {} s",
+            at_login - elapsed
+        );
+        let idle = r.body["refresh_expires_in"].as_u64().expect("seconds");
+        assert!(idle <= remaining + 1, "{idle} > {remaining}");
+        (pair, _) = cookie_parts(&set);
+    }
+
+    // Past the absolute end the cookie's session is gone too.
+    clock.advance(Duration::from_secs(at_login - elapsed + 2));
+    let r = with_cookie(&app, "/v1/auth/refresh", &pair).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_token"));
 }
 
 async fn logout_all_by_cookie_clears_it_with_the_same_scope_even_for_a_gone_session(backend: &str) {
