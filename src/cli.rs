@@ -146,7 +146,8 @@ pub struct ServeArgs {
     /// (default none: the socket peer is the client).
     #[arg(long, env = "TOKEND_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
-    /// Log filter, e.g. `info` or `tokend=debug` (default `info`).
+    /// tokend's log level, e.g. `debug` (default `info`); dependencies log at `warn`
+    /// unless a directive names them, e.g. `debug,fred=debug`.
     #[arg(long, env = "TOKEND_LOG")]
     pub log: Option<String>,
     /// `text` (default) or `json`.

@@ -231,7 +231,7 @@ impl Config {
         let log = field!(args.log, "TOKEND_LOG");
         let log_filter = log.text("info")?;
         if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
-            return Err(log.err("a log filter like info or tokend=debug,info"));
+            return Err(log.err("a level like debug, or a filter like debug,fred=info"));
         }
         let proxies = field!(args.trusted_proxies, "TOKEND_TRUSTED_PROXIES");
         let trusted_proxies = proxies
