@@ -16,7 +16,89 @@ on_both_stores!(
     a_chain_rotated_within_one_second_still_catches_its_first_token,
     oversized_headers_and_broken_jwts_never_reach_a_500,
     idle_expiry_slides_with_use_but_never_past_the_absolute_end,
+    bodies_over_16_kib_are_refused_before_any_other_check,
 );
+
+/// Sends `request` as raw bytes on a new connection and returns the status and JSON body
+/// of the answer, which must come within 5 seconds.
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let addr = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before it has read all of a refused body; the
+    // write can then fail while the answer is already there to read.
+    let _ = stream.write_all(request).await;
+    let read = async {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read the answer");
+            assert!(n > 0, "connection closed before a full answer: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("the answer declares its length");
+            if body.len() >= length {
+                let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+                let json = serde_json::from_str(&body[..length]).expect("a JSON body");
+                return (status.expect("a status line"), json);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("answered without waiting for the body")
+}
+
+async fn bodies_over_16_kib_are_refused_before_any_other_check(backend: &str) {
+    let (app, _redis) = app_on(backend, |_| {}).await;
+
+    // A declared length over the limit is refused at once: no token (or a bad one) would
+    // be 401, and the body, never sent here, is not waited for.
+    for (route, authorization) in [
+        ("/v1/auth/password", ""),
+        ("/v1/auth/logout-all", "authorization: Bearer not.a.jwt\r\n"),
+        ("/v1/auth/refresh", ""),
+    ] {
+        let head = format!(
+            "POST {route} HTTP/1.1\r\nhost: tokend\r\ncontent-type: application/json\r\n\
+             {authorization}content-length: 1048576\r\nconnection: close\r\n\r\n"
+        );
+        let (status, body) = raw_exchange(&app, head.as_bytes()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (413, Some("payload_too_large")),
+            "{route}"
+        );
+    }
+
+    // A chunked body announces no length: it is cut off once it passes the limit.
+    let mut chunked = b"POST /v1/auth/refresh HTTP/1.1\r\nhost: tokend\r\n\
+        content-type: application/json\r\ntransfer-encoding: chunked\r\n\
+        connection: close\r\n\r\n"
+        .to_vec();
+    for _ in 0..20 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b' '; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = raw_exchange(&app, &chunked).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+}
 
 async fn idle_expiry_slides_with_use_but_never_past_the_absolute_end(backend: &str) {
     let (app, _redis) = app_on(backend, |a| {
