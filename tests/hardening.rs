@@ -17,7 +17,36 @@ on_both_stores!(
     oversized_headers_and_broken_jwts_never_reach_a_500,
     idle_expiry_slides_with_use_but_never_past_the_absolute_end,
     bodies_over_16_kib_are_refused_before_any_other_check,
+    session_ids_that_cannot_exist_get_a_json_not_found,
 );
+
+async fn session_ids_that_cannot_exist_get_a_json_not_found(backend: &str) {
+    let (app, _redis) = app_on(backend, |_| {}).await;
+    let (email, password) = app.user().await;
+    let t = app.login(&email, &password, "laptop").await;
+
+    // Not UTF-8 once percent-decoded, an encoded slash, far too long: none can name a
+    // session, and each gets the API's JSON error like any unknown session.
+    let long = "A".repeat(4096);
+    for id in ["%FF", "%C3%28", "a%2Fb", "%00", long.as_str()] {
+        let path = format!("/v1/sessions/{id}");
+        let r = app.delete_bearer(&path, &t.access).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (404, "not_found"),
+            "{id:.20}: {}",
+            r.body
+        );
+        assert!(r.body["message"].is_string(), "{id:.20}: {}", r.body);
+        let r = app.delete_bearer(&path, "not.a.jwt").await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"), "{id:.20}");
+    }
+    assert_eq!(
+        app.refresh(&t.refresh).await.status,
+        200,
+        "nothing was revoked"
+    );
+}
 
 /// Sends `request` as raw bytes on a new connection and returns the status and JSON body
 /// of the answer, which must come within 5 seconds.

@@ -1,6 +1,7 @@
 //! Route handlers: parse the request, call the lifecycle, shape the response.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts as _, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -311,11 +312,15 @@ pub async fn sessions_list(
 
 /// `DELETE /v1/sessions/{session_id}`: revokes one of the caller's sessions; 404 for
 /// a session that is not theirs or no longer live.
+///
+/// An id that cannot be a session id, such as one that is not UTF-8 once
+/// percent-decoded (`%FF`), is also 404 `not_found`, never axum's plain-text 400.
 pub async fn sessions_delete(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    Path(session_id): Path<String>,
+    session_id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(session_id) = session_id.map_err(|_| ApiError::NotFound)?;
     state.lifecycle.revoke(&claims, &session_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
