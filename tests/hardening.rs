@@ -18,7 +18,86 @@ on_both_stores!(
     idle_expiry_slides_with_use_but_never_past_the_absolute_end,
     bodies_over_16_kib_are_refused_before_any_other_check,
     session_ids_that_cannot_exist_get_a_json_not_found,
+    logout_all_succeeds_with_whichever_credential_is_valid,
 );
+
+async fn logout_all_succeeds_with_whichever_credential_is_valid(backend: &str) {
+    let (app, _redis) = app_on(backend, |_| {}).await;
+    let logout_all = |bearer: &str, refresh: Option<&str>, cookie: Option<(&str, bool)>| {
+        let mut req = app
+            .http
+            .post(app.url("/v1/auth/logout-all"))
+            .bearer_auth(bearer);
+        if let Some(token) = refresh {
+            req = req.json(&json!({ "refresh_token": token }));
+        }
+        if let Some((pair, csrf)) = cookie {
+            req = req.header("cookie", pair);
+            if csrf {
+                req = req.header("x-requested-with", "tokend");
+            }
+        }
+        async move { common::Reply::read(req.send().await).await }
+    };
+    // The user's own access token with a broken signature, as an expired or rotated-out
+    // one is: well formed, refused by the verifier.
+    let spoiled = |access: &str| {
+        let (rest, sig) = access.rsplit_once('.').expect("jws");
+        let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+        format!("{rest}.{flipped}{}", &sig[1..])
+    };
+    let (other_email, other_password) = app.user().await;
+    let bystander = app.login(&other_email, &other_password, "laptop").await;
+
+    // A bad bearer token and a live refresh token in the body: everything ends.
+    let (email, password) = app.user().await;
+    let laptop = app.login(&email, &password, "laptop").await;
+    let phone = app.login(&email, &password, "phone").await;
+    let bad = spoiled(&laptop.access);
+    assert_eq!(app.get_bearer("/v1/sessions", &bad).await.status, 401);
+    let r = logout_all(&bad, Some(&laptop.refresh), None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(app.refresh(&laptop.refresh).await.status, 401);
+    assert_eq!(app.refresh(&phone.refresh).await.status, 401);
+
+    // A bad bearer token and the refresh cookie: the CSRF header is still required.
+    let (email, password) = app.user().await;
+    let phone = app.login(&email, &password, "phone").await;
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password, "transport": "cookie"}),
+        )
+        .await;
+    let set = r.header("set-cookie").expect("cookie set");
+    let pair = set.split(';').next().expect("name=value").to_owned();
+    let bad = spoiled(r.body["access_token"].as_str().expect("access token"));
+    let r = logout_all(&bad, None, Some((&pair, false))).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    let r = app.refresh(&phone.refresh).await;
+    assert_eq!(r.status, 200, "nothing ended");
+    let phone = Tokens::from(&r.body);
+    let r = logout_all(&bad, None, Some((&pair, true))).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(app.refresh(&phone.refresh).await.status, 401);
+
+    // A valid bearer token is enough, whatever refresh token comes with it.
+    let (email, password) = app.user().await;
+    let laptop = app.login(&email, &password, "laptop").await;
+    let r = logout_all(&laptop.access, Some("v1.nope"), None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(app.refresh(&laptop.refresh).await.status, 401);
+
+    // Neither valid: 401, and nothing ends.
+    let (email, password) = app.user().await;
+    let laptop = app.login(&email, &password, "laptop").await;
+    for refresh in [None, Some("v1.nope"), Some(phone.refresh.as_str())] {
+        let r = logout_all(&spoiled(&laptop.access), refresh, None).await;
+        assert_eq!((r.status, r.code()), (401, "invalid_token"), "{refresh:?}");
+    }
+    assert_eq!(app.refresh(&laptop.refresh).await.status, 200);
+    assert_eq!(app.refresh(&bystander.refresh).await.status, 200);
+}
 
 async fn session_ids_that_cannot_exist_get_a_json_not_found(backend: &str) {
     let (app, _redis) = app_on(backend, |_| {}).await;
