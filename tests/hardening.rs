@@ -208,39 +208,126 @@ async fn bodies_over_16_kib_are_refused_before_any_other_check(backend: &str) {
     );
 }
 
+fn now_ms() -> u64 {
+    tokend::clock::Clock::System.now_ms()
+}
+
 async fn idle_expiry_slides_with_use_but_never_past_the_absolute_end(backend: &str) {
-    let (app, _redis) = app_on(backend, |a| {
-        a.session_idle_ttl = Some("700ms".into());
-        a.session_max_ttl = Some("2s".into());
+    use tokend::store::SessionStore as _;
+
+    const IDLE: Duration = Duration::from_millis(1500);
+    const MAX: Duration = Duration::from_secs(3);
+    const STEP: Duration = Duration::from_millis(400);
+    let (app, redis) = app_on(backend, |a| {
+        a.session_idle_ttl = Some("1500ms".into());
+        a.session_max_ttl = Some("3s".into());
     })
     .await;
     let (email, password) = app.user().await;
 
     // Left idle for longer than the idle lifetime, a session ends.
     let idle = app.login(&email, &password, "idle").await;
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(IDLE + Duration::from_millis(300)).await;
     assert_eq!(app.refresh(&idle.refresh).await.code(), "invalid_token");
 
-    // Refreshed every 400 ms it lives on, but never past its absolute end.
+    // Refreshed every 400 ms it lives on, but never past its absolute end, which lies
+    // MAX after the login.
     let started = Instant::now();
+    let earliest_end_ms = now_ms() + MAX.as_millis() as u64;
     let mut t = app.login(&email, &password, "busy").await;
-    while started.elapsed() + Duration::from_millis(400) < Duration::from_millis(1700) {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    let logged_in = Instant::now();
+    let latest_end_ms = now_ms() + MAX.as_millis() as u64;
+    let mut fields = t.refresh.split('.').skip(1);
+    let user = tokend::ids::UserId::parse(fields.next().expect("user id")).expect("user id");
+    let key = format!("tokend:{{u:{user}}}:s:{}", t.session_id);
+    let mut last_ok = logged_in;
+    let mut capped = false;
+    // The last refresh comes 2.2 to 2.6 s after the login: within the idle lifetime of
+    // the final attempt below, and late enough that the absolute end caps its idle end.
+    while started.elapsed() + STEP < MAX - Duration::from_millis(400) {
+        tokio::time::sleep(STEP).await;
         let r = app.refresh(&t.refresh).await;
         assert_eq!(r.status, 200, "at {:?}: {}", started.elapsed(), r.body);
-        let left = r.body["refresh_expires_in"]
-            .as_u64()
-            .expect("refresh_expires_in");
-        assert!(left <= 2, "the session may not outlive its absolute end");
+        last_ok = Instant::now();
         t = Tokens::from(&r.body);
+
+        // What the store reports as the session's end never passes the absolute end.
+        let listed = app
+            .state
+            .lifecycle
+            .store()
+            .list_sessions(&user, now_ms())
+            .await
+            .expect("list");
+        let busy = listed
+            .iter()
+            .find(|s| s.session_id.as_str() == t.session_id)
+            .expect("the busy session is live");
+        assert!(
+            busy.expires_at_ms <= latest_end_ms,
+            "ends {} ms past its absolute end",
+            busy.expires_at_ms - latest_end_ms
+        );
+        capped |= busy.expires_at_ms >= earliest_end_ms;
+
+        // In Redis the key itself expires at the absolute end at the latest.
+        if let Some(redis) = &redis {
+            let out = redis.cli(&[
+                "EVAL",
+                "local t = redis.call('TIME') \
+                 return {redis.call('PTTL', KEYS[1]), redis.call('PEXPIRETIME', KEYS[1]), \
+                 redis.call('HGET', KEYS[1], 'x'), t[1] * 1000 + math.floor(t[2] / 1000)}",
+                "1",
+                &key,
+            ]);
+            let v: Vec<u64> = out
+                .lines()
+                .map(|l| l.trim().parse().expect("integer"))
+                .collect();
+            let [pttl, expire_at, absolute, redis_now] = v[..] else {
+                panic!("EVAL answered {out:?}");
+            };
+            assert!(
+                (earliest_end_ms..=latest_end_ms).contains(&absolute),
+                "absolute end {absolute} not MAX after the login"
+            );
+            assert!(
+                expire_at <= absolute,
+                "key expires {expire_at}, after {absolute}"
+            );
+            assert!(
+                pttl <= absolute.saturating_sub(redis_now),
+                "PTTL {pttl} ms reaches past the absolute end"
+            );
+        }
     }
-    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(started.elapsed())).await;
+    assert!(
+        capped,
+        "no refresh came close enough to the absolute end to test it"
+    );
+
+    // Just past the absolute end, but well within the idle lifetime of the last refresh:
+    // the session is over all the same.
+    tokio::time::sleep((MAX + Duration::from_millis(200)).saturating_sub(logged_in.elapsed()))
+        .await;
+    assert!(
+        last_ok.elapsed() < IDLE,
+        "too slow to tell the absolute end from idle expiry: {:?} since the last refresh",
+        last_ok.elapsed()
+    );
     let r = app.refresh(&t.refresh).await;
     assert_eq!(
         (r.status, r.code()),
         (401, "invalid_token"),
         "refreshed recently, but past its end"
     );
+    if let Some(redis) = &redis {
+        assert_eq!(
+            redis.cli(&["EXISTS", &key]).trim(),
+            "0",
+            "the key outlived its session"
+        );
+    }
 }
 
 async fn race(app: &TestApp, token: &str, n: usize) -> Vec<common::Reply> {
