@@ -363,7 +363,8 @@ async fn sixty_four_racers_with_zero_grace_mint_at_most_one_successor(backend: &
 }
 
 async fn sixty_four_racers_with_grace_share_one_session_and_one_live_successor(backend: &str) {
-    let (app, _redis) = app_on(backend, |a| a.refresh_grace = Some("5s".into())).await;
+    const GRACE: Duration = Duration::from_secs(1);
+    let (app, _redis) = app_on(backend, |a| a.refresh_grace = Some("1s".into())).await;
     let (email, password) = app.user().await;
     let t = app.login(&email, &password, "laptop").await;
     let replies = race(&app, &t.refresh, 64).await;
@@ -377,12 +378,23 @@ async fn sixty_four_racers_with_grace_share_one_session_and_one_live_successor(b
         .collect();
     assert_eq!(successors.len(), 1);
     let successor = successors.into_iter().next().expect("one");
+
+    // Once the grace window has passed, the shared successor is the session's one live
+    // token, and the original is a replay.
+    tokio::time::sleep(GRACE + Duration::from_millis(300)).await;
     let next = app.refresh(&successor).await;
-    assert_eq!(next.status, 200);
-    let sessions = app
-        .get_bearer("/v1/sessions", &Tokens::from(&next.body).access)
-        .await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    let next = Tokens::from(&next.body);
+    let sessions = app.get_bearer("/v1/sessions", &next.access).await;
     assert_eq!(sessions.body["sessions"].as_array().map(Vec::len), Some(1));
+    let r = app.refresh(&t.refresh).await;
+    assert_eq!((r.status, r.code()), (401, "token_reused"), "{}", r.body);
+    let r = app.refresh(&next.refresh).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (401, "invalid_token"),
+        "the reuse revoked the session"
+    );
 }
 
 async fn a_chain_rotated_within_one_second_still_catches_its_first_token(backend: &str) {
