@@ -15,8 +15,9 @@
 //! | `GET /healthz`, `GET /readyz` | [`handlers::healthz`], [`handlers::readyz`] |
 //!
 //! Every route answers CORS preflights and carries CORS headers for the origins of
-//! `TOKEND_CORS_ORIGINS` ([`cors`]). `/metrics` is served by [`metrics_app`] on its own
-//! listener.
+//! `TOKEND_CORS_ORIGINS` ([`cors`]). A request declaring a body over 16 KiB gets 413 on
+//! every route before its handler runs ([`extract::refuse_declared_oversize`]).
+//! `/metrics` is served by [`metrics_app`] on its own listener.
 
 pub mod cookie;
 pub mod cors;
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(extract::refuse_declared_oversize))
         .layer(cors::layer(&origins))
         .layer(axum::middleware::from_fn_with_state(
             origins,

@@ -108,6 +108,7 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    let user_id = body["user_id"].as_str().expect("user_id").to_owned();
     let (status, body) = post(
         &http,
         format!("{}/v1/auth/login", server.api),
@@ -123,9 +124,8 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
     .await;
     assert_eq!(
         claims["sub"],
-        body["user_id"]
-            .as_str()
-            .map_or(claims["sub"].clone(), Value::from)
+        user_id.as_str(),
+        "sub names the registered user"
     );
     assert_eq!(claims["sid"], body["session_id"]);
     let refresh = body["refresh_token"].as_str().expect("rt").to_owned();

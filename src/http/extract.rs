@@ -1,11 +1,13 @@
 //! Request extractors that turn every rejection into an [`ApiError`]: JSON bodies,
-//! bearer tokens and client details.
+//! bearer tokens and client details; and the request body size limit.
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -36,17 +38,24 @@ fn describe(e: &serde_json::Error) -> String {
     }
 }
 
-/// Reads the body, refusing one over [`BODY_LIMIT`] before reading it when the
-/// length is declared.
-async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<bytes::Bytes, ApiError> {
+/// Refuses, on every route and before any other check of the route (token, CSRF
+/// header, body), a request whose `Content-Length` declares more than [`BODY_LIMIT`]:
+/// 413 `payload_too_large`, and the body is never read. A body without a declared
+/// length (chunked) is cut off at the limit as it is read, by [`read_body`].
+pub async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-        return Err(ApiError::PayloadTooLarge);
+        return ApiError::PayloadTooLarge.into_response();
     }
+    next.run(req).await
+}
+
+/// Reads the body, refusing one that grows past [`BODY_LIMIT`] while it streams in.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<bytes::Bytes, ApiError> {
     bytes::Bytes::from_request(req, state).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge

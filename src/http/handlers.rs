@@ -1,7 +1,8 @@
 //! Route handlers: parse the request, call the lifecycle, shape the response.
 
 use axum::Json;
-use axum::extract::{FromRequestParts as _, Path, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
@@ -231,12 +232,14 @@ pub async fn auth_logout(State(state): State<AppState>, req: Request) -> Respons
     clearing_cookie(&state, jar, &headers, outcome)
 }
 
-/// `POST /v1/auth/logout-all`: ends every session of the user identified by a refresh
-/// token (body or cookie) or a bearer access token.
+/// `POST /v1/auth/logout-all`: ends every session of the user identified by a bearer
+/// access token or a refresh token (body, else cookie), whichever is valid: a client
+/// whose access token has expired can still log out everywhere with its refresh token.
 ///
-/// Rejects a caller it cannot identify (401 `invalid_token`: no token, or a refresh
-/// token whose session is already gone). Every answer clears the cookie, except to a
-/// cross-site browser request without the anti-CSRF header.
+/// Rejects a caller it cannot identify (401 `invalid_token`: no credential, or none
+/// valid) and falling back on the cookie without the anti-CSRF header (403). Every
+/// answer clears the cookie, except to a cross-site browser request without the
+/// anti-CSRF header.
 pub async fn auth_logout_all(State(state): State<AppState>, req: Request) -> Response {
     let jar = CookieJar::from_headers(req.headers());
     let headers = req.headers().clone();
@@ -250,34 +253,35 @@ async fn logout_all(
     headers: &HeaderMap,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let (mut parts, body) = req.into_parts();
-    let caller = if bearer(&parts).is_some() {
-        Some(Caller::from_request_parts(&mut parts, state).await?)
-    } else {
-        None
-    };
+    let (parts, body) = req.into_parts();
+    let verified = bearer(&parts).map(|token| state.lifecycle.verify_access(token));
     let req = Request::from_parts(parts, body);
     let OptionalJsonBody(body) =
         <OptionalJsonBody<TokenRequest> as axum::extract::FromRequest<_>>::from_request(req, state)
             .await?;
     let body_token = body.and_then(|b| b.refresh_token);
 
-    match (body_token, caller) {
-        (Some(token), _) => {
-            state
-                .lifecycle
-                .logout_all_by_refresh(token.expose())
-                .await?;
-        }
-        (None, Some(Caller(claims))) => {
+    // A valid bearer token is enough and needs no store lookup to identify the user.
+    let bearer_failure = match verified {
+        Some(Ok(claims)) => {
             state.lifecycle.logout_all(&claims).await?;
+            return Ok(StatusCode::NO_CONTENT);
         }
-        (None, None) => {
-            let (token, _) = presented_token(None, &state.cookie, jar, headers)?
-                .ok_or(ApiError::InvalidToken)?;
-            state.lifecycle.logout_all_by_refresh(&token).await?;
+        Some(Err(e)) => Some(ApiError::from(e)),
+        None => None,
+    };
+    let token = match (body_token, bearer_failure) {
+        (Some(token), _) => token.expose().to_owned(),
+        // No cookie to fall back on: the bad bearer token is the answer, rather than the
+        // 403 a cross-site request without the anti-CSRF header would get for a cookie.
+        (None, Some(failure)) if state.cookie.read(jar).is_none() => return Err(failure),
+        (None, _) => {
+            presented_token(None, &state.cookie, jar, headers)?
+                .ok_or(ApiError::InvalidToken)?
+                .0
         }
-    }
+    };
+    state.lifecycle.logout_all_by_refresh(&token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -311,11 +315,15 @@ pub async fn sessions_list(
 
 /// `DELETE /v1/sessions/{session_id}`: revokes one of the caller's sessions; 404 for
 /// a session that is not theirs or no longer live.
+///
+/// An id that cannot be a session id, such as one that is not UTF-8 once
+/// percent-decoded (`%FF`), is also 404 `not_found`, never axum's plain-text 400.
 pub async fn sessions_delete(
     State(state): State<AppState>,
     Caller(claims): Caller,
-    Path(session_id): Path<String>,
+    session_id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(session_id) = session_id.map_err(|_| ApiError::NotFound)?;
     state.lifecycle.revoke(&claims, &session_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
