@@ -111,6 +111,12 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     (d <= MAX_DURATION).then_some(d)
 }
 
+/// One Redis connection per CPU, at most four: commands pipeline per connection, so
+/// fewer connections carry bigger batches for the same number of system calls.
+fn default_redis_pool_size() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4) as u32)
+}
+
 fn default_hash_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
@@ -271,7 +277,7 @@ impl Config {
             redis_timeout: field!(args.redis_timeout, "TOKEND_REDIS_TIMEOUT")
                 .duration(Duration::from_millis(500), false)?,
             redis_pool_size: field!(args.redis_pool_size, "TOKEND_REDIS_POOL_SIZE").number(
-                4,
+                default_redis_pool_size(),
                 1,
                 64,
                 "a whole number from 1 to 64",
