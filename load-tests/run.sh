@@ -259,6 +259,7 @@ measure_memory() { # measure_memory NAME [seed flags...]
 log "Redis memory: $MEMORY_SESSIONS sessions, bare and with a browser User-Agent"
 measure_memory bare
 measure_memory browser --user-agent "$UA" --device laptop
+measure_memory four_per_user --per-user 4
 
 # --- 3. Redis: refresh, paced refresh, logins, flood, JWKS, mixed ---------------------
 start_tokend redis TOKEND_REDIS_URL="$REDIS_URL"
@@ -403,6 +404,7 @@ row() { # row NAME WHAT
   echo "| refresh p99 during login flood / quiet (both paced at $HALF_RATE/s) | $(ratio "$(get refresh_flood.p99_us)" "$(get refresh_half.p99_us)") ($(ms refresh_flood.p99_us) ms / $(ms refresh_half.p99_us) ms) |"
   echo "| Redis bytes per live session, bare (ip only), $MEMORY_SESSIONS sessions | $(get mem.bare.per) (used_memory $(get mem.bare.before) → $(get mem.bare.after), $(get mem.bare.keys) keys) |"
   echo "| Redis bytes per live session, with User-Agent and device | $(get mem.browser.per) (used_memory $(get mem.browser.before) → $(get mem.browser.after)) |"
+  echo "| Redis bytes per live session, bare, four sessions per user (one index per four) | $(get mem.four_per_user.per) (used_memory $(get mem.four_per_user.before) → $(get mem.four_per_user.after), $(get mem.four_per_user.keys) keys) |"
   echo "| tokend RSS during refresh on Redis, max sampled / peak (VmHWM) | $(( $(get rss.refresh.max) / 1024 )) MiB / $(( $(get rss.refresh.hwm) / 1024 )) MiB |"
   echo "| tokend RSS during the ceiling run, max sampled | $(( $(get rss.ceiling.max) / 1024 )) MiB |"
   echo "| live sessions in Redis after the mixed run | $(get redis.live_sessions) |"
@@ -422,7 +424,8 @@ row() { # row NAME WHAT
   echo "- **static**: \`GET /healthz\`, a constant two-field JSON through the same router"
   echo "  and middleware; the cheapest route tokend has, used as the static-bytes baseline."
   echo "- **memory**: \`INFO memory\` used_memory before and after $MEMORY_SESSIONS sessions,"
-  echo "  each of its own user (so each also pays for its own session index: the worst case)."
+  echo "  each of its own user (so each also pays for its own session index: the worst case);"
+  echo "  then again with four sessions per user, as for users with a few devices."
   echo
   echo "Raw wrk output, tokend and Redis logs: \`$RAW\`."
 } >"$REPORT"
