@@ -109,6 +109,7 @@ async fn seed(state: &AppState, hasher: &TokenHasher) -> Vec<RefreshToken> {
                 now_ms: now,
                 expires_at_ms: expires,
                 absolute_expires_at_ms: now + 3600 * 1000,
+                password_hash: None,
             })
             .await
             .expect("session created");

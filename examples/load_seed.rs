@@ -249,6 +249,7 @@ async fn sessions_redis(seed: RedisSeed) {
                 now_ms: now,
                 expires_at_ms: expires,
                 absolute_expires_at_ms: absolute,
+                password_hash: None,
             };
             let store = &store;
             async move {

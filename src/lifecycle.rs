@@ -353,7 +353,8 @@ impl Lifecycle {
         let token = RefreshToken::generate(&self.rng, user.id.clone(), session_id.clone());
         let absolute = now + ms(self.policy.max_ttl);
         let expires = (now + ms(self.policy.idle_ttl)).min(absolute);
-        self.store
+        let created = self
+            .store
             .create_session(&NewSession {
                 user_id: user.id.clone(),
                 session_id: session_id.clone(),
@@ -367,8 +368,13 @@ impl Lifecycle {
                 now_ms: now,
                 expires_at_ms: expires,
                 absolute_expires_at_ms: absolute,
+                password_hash: Some(user.password_hash.clone()),
             })
             .await?;
+        if !created {
+            // The password changed while this login checked the old one.
+            return Err(LifecycleError::InvalidCredentials);
+        }
         Ok(self.issue(token, now, expires, absolute))
     }
 

@@ -46,6 +46,11 @@ pub struct NewSession {
     pub expires_at_ms: u64,
     /// Absolute end of the session, epoch ms; no refresh extends past it.
     pub absolute_expires_at_ms: u64,
+    /// The password hash the login verified. When set, the session is created only if
+    /// the user's stored hash is still this one, in the same atomic step: a login that
+    /// checked the old password while a password change revoked every session cannot
+    /// add a session after it.
+    pub password_hash: Option<String>,
 }
 
 /// A live session as listed to its owner.
@@ -154,8 +159,12 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Option<UserRecord>>> + Send;
 
     /// Creates a session and adds it to its owner's index, pruning index members whose
-    /// sessions have ended.
-    fn create_session(&self, session: &NewSession) -> impl Future<Output = StoreResult<()>> + Send;
+    /// sessions have ended. `false`, with nothing written, when
+    /// [`NewSession::password_hash`] no longer matches the user's password.
+    fn create_session(
+        &self,
+        session: &NewSession,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Rotates a session's refresh token, honouring the grace window and revoking the
     /// session on reuse of its immediate predecessor.
@@ -298,7 +307,7 @@ impl SessionStore for Store {
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {
         delegate!(self, "user_by_id", s => s.user_by_id(id))
     }
-    async fn create_session(&self, session: &NewSession) -> StoreResult<()> {
+    async fn create_session(&self, session: &NewSession) -> StoreResult<bool> {
         delegate!(self, "create_session", s => s.create_session(session))
     }
     async fn rotate(&self, rotation: &Rotation<'_>) -> StoreResult<RotateOutcome> {

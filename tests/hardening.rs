@@ -19,7 +19,77 @@ on_both_stores!(
     bodies_over_16_kib_are_refused_before_any_other_check,
     session_ids_that_cannot_exist_get_a_json_not_found,
     logout_all_succeeds_with_whichever_credential_is_valid,
+    logins_racing_a_password_change_leave_no_session_behind,
 );
+
+/// Logins with the old password keep arriving while the password changes: a login
+/// that checked the old password just before the change must not add its session just
+/// after the change revoked every session.
+async fn logins_racing_a_password_change_leave_no_session_behind(backend: &str) {
+    let (app, _redis) = app_on(backend, |args| {
+        args.login_max_failures = Some("100000".into());
+        args.login_max_failures_per_ip = Some("100000".into());
+    })
+    .await;
+    let (email, old) = app.user().await;
+    let owner = app.login(&email, &old, "laptop").await;
+    let changed = std::sync::atomic::AtomicBool::new(false);
+    let login_with_old = || async {
+        let mut tokens = Vec::new();
+        let mut after_change = 0;
+        while after_change < 5 {
+            if changed.load(std::sync::atomic::Ordering::SeqCst) {
+                after_change += 1;
+            }
+            let r = app
+                .post("/v1/auth/login", json!({"email": email, "password": old}))
+                .await;
+            match r.status {
+                200 => tokens.push(Tokens::from(&r.body).refresh),
+                401 => assert_eq!(r.code(), "invalid_credentials"),
+                other => panic!("login answered {other}: {}", r.body),
+            }
+        }
+        tokens
+    };
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let r = app
+            .post_bearer(
+                "/v1/auth/password",
+                &owner.access,
+                Some(json!({"current_password": old, "new_password": "the new password"})),
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        changed.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (_, a, b, c, d) = tokio::join!(
+        change,
+        login_with_old(),
+        login_with_old(),
+        login_with_old(),
+        login_with_old()
+    );
+    let old_tokens: Vec<String> = [a, b, c, d].into_iter().flatten().collect();
+    assert!(!old_tokens.is_empty(), "no login got in before the change");
+    for token in &old_tokens {
+        let r = app.refresh(token).await;
+        assert_eq!(
+            r.status, 401,
+            "a session opened with the old password lives on"
+        );
+    }
+    let fresh = app.login(&email, "the new password", "phone").await;
+    let listed = app.get_bearer("/v1/sessions", &fresh.access).await;
+    let ids: Vec<&str> = listed.body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["session_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![fresh.session_id.as_str()]);
+}
 
 async fn logout_all_succeeds_with_whichever_credential_is_valid(backend: &str) {
     let (app, _redis) = app_on(backend, |_| {}).await;
@@ -576,6 +646,7 @@ async fn the_session_index_never_outgrows_the_live_sessions() {
             now_ms: now,
             expires_at_ms: now + ttl_ms,
             absolute_expires_at_ms: now + 3_600_000,
+            password_hash: None,
         }
     };
     let index = format!("tokend:{{u:{user}}}:sessions");
@@ -628,6 +699,7 @@ async fn the_embedded_index_never_outgrows_the_live_sessions() {
                 now_ms: now,
                 expires_at_ms: now + 1_000,
                 absolute_expires_at_ms: now + 3_600_000,
+                password_hash: None,
             })
             .await
             .expect("create");

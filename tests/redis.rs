@@ -182,6 +182,7 @@ async fn a_rotation_carried_out_late_is_stamped_with_the_time_it_happened() {
             now_ms: now - 60_000,
             expires_at_ms: now + 3_600_000,
             absolute_expires_at_ms: now + 3_600_000,
+            password_hash: None,
         })
         .await
         .expect("create");

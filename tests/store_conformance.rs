@@ -76,6 +76,7 @@ impl<S: SessionStore> Fixture<S> {
                 now_ms: now,
                 expires_at_ms: now + ttl_ms,
                 absolute_expires_at_ms: now + 24 * HOUR_MS,
+                password_hash: None,
             })
             .await
             .expect("create");
@@ -151,6 +152,7 @@ conformance!(
     every_kind_of_revocation_is_reported_as_revoked,
     login_limits_count_atomically_in_a_fixed_window,
     password_change_revokes_all_atomically,
+    a_session_is_created_only_while_the_verified_password_stands,
     sessions_end_at_their_expiry_and_leave_the_index,
     listing_is_newest_first_with_all_fields,
 );
@@ -390,6 +392,78 @@ async fn password_change_revokes_all_atomically<S: SessionStore>(f: Fixture<S>) 
     );
 }
 
+/// A login verifies the password, then creates the session; a password change in
+/// between revoked every session, so the creation must see the change and write nothing.
+async fn a_session_is_created_only_while_the_verified_password_stands<S: SessionStore>(
+    f: Fixture<S>,
+) {
+    let user = UserRecord {
+        id: f.user(),
+        email: format!("c-{}@example.com", common::unique()),
+        password_hash: "old".into(),
+    };
+    f.store.insert_user(&user).await.expect("insert");
+    let login = |id: SessionId, verified: &str| {
+        let now = now();
+        NewSession {
+            user_id: user.id.clone(),
+            session_id: id,
+            token_hash: hash(9),
+            device: None,
+            user_agent: None,
+            ip: None,
+            now_ms: now,
+            expires_at_ms: now + HOUR_MS,
+            absolute_expires_at_ms: now + 24 * HOUR_MS,
+            password_hash: Some(verified.to_owned()),
+        }
+    };
+    let before = SessionId::generate(&f.rng);
+    assert!(
+        f.store
+            .create_session(&login(before.clone(), "old"))
+            .await
+            .expect("create")
+    );
+    f.store
+        .set_password_and_revoke_all(&user.id, "new")
+        .await
+        .expect("set");
+
+    let late = SessionId::generate(&f.rng);
+    assert!(
+        !f.store
+            .create_session(&login(late.clone(), "old"))
+            .await
+            .expect("create late")
+    );
+    assert!(
+        f.live(&user.id).await.is_empty(),
+        "a stale login left a session"
+    );
+    assert_eq!(
+        f.rotate(&user.id, &late, 9, 10, now(), 10_000).await,
+        RotateOutcome::Unknown,
+        "nothing of the refused session was written"
+    );
+
+    let after = SessionId::generate(&f.rng);
+    assert!(
+        f.store
+            .create_session(&login(after.clone(), "new"))
+            .await
+            .expect("create with the new password")
+    );
+    assert_eq!(f.live(&user.id).await, vec![after]);
+    let stranger = f.user();
+    let mut orphan = login(SessionId::generate(&f.rng), "new");
+    orphan.user_id = stranger;
+    assert!(
+        !f.store.create_session(&orphan).await.expect("create"),
+        "no session for a user that does not exist"
+    );
+}
+
 async fn sessions_end_at_their_expiry_and_leave_the_index<S: SessionStore>(f: Fixture<S>) {
     let user = f.user();
     let short = f.session(&user, hash(1), 300).await;
@@ -452,6 +526,7 @@ async fn embedded_store_expiry_slides_but_never_past_the_absolute_end() {
             now_ms: t0,
             expires_at_ms: t0 + 7 * day,
             absolute_expires_at_ms: t0 + 30 * day,
+            password_hash: None,
         })
         .await
         .expect("create");
@@ -508,6 +583,7 @@ async fn embedded_store_expiry_slides_but_never_past_the_absolute_end() {
             now_ms: t1,
             expires_at_ms: t1 + 7 * day,
             absolute_expires_at_ms: t1 + 30 * day,
+            password_hash: None,
         })
         .await
         .expect("create");
@@ -664,6 +740,8 @@ async fn a_redis_cluster_passes_the_whole_conformance_suite() {
     every_kind_of_revocation_is_reported_as_revoked(cluster_fixture(&cluster).await).await;
     login_limits_count_atomically_in_a_fixed_window(cluster_fixture(&cluster).await).await;
     password_change_revokes_all_atomically(cluster_fixture(&cluster).await).await;
+    a_session_is_created_only_while_the_verified_password_stands(cluster_fixture(&cluster).await)
+        .await;
     sessions_end_at_their_expiry_and_leave_the_index(cluster_fixture(&cluster).await).await;
     listing_is_newest_first_with_all_fields(cluster_fixture(&cluster).await).await;
 }

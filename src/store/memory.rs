@@ -199,8 +199,17 @@ impl SessionStore for MemoryStore {
         Ok(self.lock().users.get(id).cloned())
     }
 
-    async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
+    async fn create_session(&self, s: &NewSession) -> StoreResult<bool> {
         let mut inner = self.lock();
+        if let Some(expected) = &s.password_hash {
+            let current = inner
+                .users
+                .get(&s.user_id)
+                .map(|u| u.password_hash.as_str());
+            if current != Some(expected.as_str()) {
+                return Ok(false);
+            }
+        }
         inner.live(&s.user_id, self.clock.now_ms());
         inner.sessions.entry(s.user_id.clone()).or_default().insert(
             s.session_id.clone(),
@@ -216,7 +225,7 @@ impl SessionStore for MemoryStore {
                 ip: s.ip.clone(),
             },
         );
-        Ok(())
+        Ok(true)
     }
 
     async fn rotate(&self, r: &Rotation<'_>) -> StoreResult<RotateOutcome> {

@@ -335,10 +335,11 @@ impl SessionStore for RedisStore {
         }))
     }
 
-    async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
+    async fn create_session(&self, s: &NewSession) -> StoreResult<bool> {
         let keys = vec![
             session_key(&s.user_id, &s.session_id),
             index_key(&s.user_id),
+            user_key(&s.user_id),
         ];
         let opt = |v: &Option<String>| Value::from(v.as_deref().unwrap_or(""));
         let args = vec![
@@ -351,10 +352,10 @@ impl SessionStore for RedisStore {
             opt(&s.user_agent),
             opt(&s.ip),
             Value::from(session_prefix(&s.user_id)),
+            opt(&s.password_hash),
         ];
-        self.run::<i64>(&self.scripts.create_session, keys, args)
-            .await
-            .map(drop)
+        let created: i64 = self.run(&self.scripts.create_session, keys, args).await?;
+        Ok(created == 1)
     }
 
     async fn rotate(&self, r: &Rotation<'_>) -> StoreResult<RotateOutcome> {
