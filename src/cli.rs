@@ -156,6 +156,10 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish at shutdown (default 10s).
     #[arg(long, env = "TOKEND_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// How long a connection may wait for a request's headers, keep-alive idle time
+    /// included, before it is closed (default 75s).
+    #[arg(long, env = "TOKEND_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
     /// Refresh cookie name after `__Secure-` (default `tokend_refresh`).
     #[arg(long, env = "TOKEND_COOKIE_SUFFIX")]
     pub cookie_suffix: Option<String>,

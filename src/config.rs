@@ -69,6 +69,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Drain timeout at shutdown (default 10 s).
     pub shutdown_timeout: Duration,
+    /// How long a connection may wait for a request's headers, idle keep-alive time
+    /// included (default 75 s).
+    pub idle_timeout: Duration,
     /// Refresh cookie and CORS settings for browser front ends.
     pub web: WebConfig,
 }
@@ -329,6 +332,8 @@ impl Config {
             log_format,
             shutdown_timeout: field!(args.shutdown_timeout, "TOKEND_SHUTDOWN_TIMEOUT")
                 .duration(Duration::from_secs(10), true)?,
+            idle_timeout: field!(args.idle_timeout, "TOKEND_IDLE_TIMEOUT")
+                .duration(Duration::from_secs(75), false)?,
             web,
         })
     }

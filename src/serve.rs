@@ -212,6 +212,62 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Serves HTTP/1.1 on `listener` until `stop` completes, then stops accepting and
+/// waits for the open connections to finish their requests. Each request carries the
+/// peer's address as [`ConnectInfo`](axum::extract::ConnectInfo).
+///
+/// A connection waiting for a request's headers longer than `idle_timeout` is closed:
+/// hyper counts from the moment the connection waits for the next request, so this
+/// bounds idle keep-alive connections and clients that never finish their headers
+/// alike. (Bodies have their own deadline, [`http::extract::BODY_READ_TIMEOUT`].)
+pub async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    idle_timeout: Duration,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before it was taken:
+                    // wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 /// Serves the API and metrics listeners until a shutdown signal, then drains.
 ///
 /// # Errors
@@ -232,19 +288,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
     let mut metrics_stop = stop_rx;
-    let api_server = axum::serve(
+    let api_task = tokio::spawn(serve_http(
         api,
-        http::app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = api_stop.wait_for(|s| *s).await;
-    });
-    let metrics_server =
-        axum::serve(metrics, http::metrics_app(handle)).with_graceful_shutdown(async move {
+        http::app(state),
+        config.idle_timeout,
+        async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let metrics_task = tokio::spawn(serve_http(
+        metrics,
+        http::metrics_app(handle),
+        config.idle_timeout,
+        async move {
             let _ = metrics_stop.wait_for(|s| *s).await;
-        });
-    let api_task = tokio::spawn(async move { api_server.await });
-    let metrics_task = tokio::spawn(async move { metrics_server.await });
+        },
+    ));
 
     shutdown.await;
     tracing::info!(

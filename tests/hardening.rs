@@ -20,6 +20,7 @@ on_both_stores!(
     session_ids_that_cannot_exist_get_a_json_not_found,
     logout_all_succeeds_with_whichever_credential_is_valid,
     logins_racing_a_password_change_leave_no_session_behind,
+    connections_that_never_finish_a_request_are_closed,
 );
 
 /// Logins with the old password keep arriving while the password changes: a login
@@ -89,6 +90,71 @@ async fn logins_racing_a_password_change_leave_no_session_behind(backend: &str) 
         .filter_map(|s| s["session_id"].as_str())
         .collect();
     assert_eq!(ids, vec![fresh.session_id.as_str()]);
+}
+
+/// A client that opens connections and then stalls (headers never finished, a body
+/// that never comes, nothing sent at all) cannot hold them: each is closed once the
+/// idle timeout (headers) or the body deadline passes, and the service keeps answering.
+async fn connections_that_never_finish_a_request_are_closed(backend: &str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (app, _redis) = app_on(backend, |args| {
+        args.idle_timeout = Some("1s".into());
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let stall = |sent: &'static [u8]| {
+        let addr = addr.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            stream.write_all(sent).await.expect("send");
+            let started = Instant::now();
+            let mut answer = Vec::new();
+            // The read ends when tokend closes the connection; the outer timeout only
+            // keeps a regression from hanging the suite.
+            let read =
+                tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+                    .await;
+            assert!(read.is_ok(), "still open after 30 s: {sent:?}");
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            )
+        }
+    };
+    let (headers, body, idle, kept_alive) = tokio::join!(
+        stall(b"POST /v1/auth/login HTTP/1.1\r\nHost: t\r\n"),
+        stall(b"POST /v1/auth/login HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n{\"email\""),
+        stall(b""),
+        stall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"),
+    );
+    for (what, (waited, _)) in [
+        ("headers", &headers),
+        ("idle", &idle),
+        ("keep-alive", &kept_alive),
+    ] {
+        assert!(
+            *waited < Duration::from_secs(5),
+            "{what}: closed only after {waited:?}"
+        );
+    }
+    assert!(
+        headers.1.is_empty(),
+        "unfinished headers get no answer: {}",
+        headers.1
+    );
+    assert!(kept_alive.1.starts_with("HTTP/1.1 200"), "{}", kept_alive.1);
+    // The stalled body gets a JSON 400 once its deadline passes, then the close.
+    assert!(
+        body.0 < Duration::from_secs(20),
+        "body: closed after {:?}",
+        body.0
+    );
+    assert!(body.1.starts_with("HTTP/1.1 400"), "{}", body.1);
+    assert!(body.1.contains("\"invalid_request\""), "{}", body.1);
+    let r = app.get_bearer("/healthz", "none").await;
+    assert_eq!(r.status, 200, "still serving");
 }
 
 async fn logout_all_succeeds_with_whichever_credential_is_valid(backend: &str) {

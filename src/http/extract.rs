@@ -17,6 +17,10 @@ use crate::token::access::Claims;
 /// Largest accepted request body, in bytes.
 pub const BODY_LIMIT: usize = 16 * 1024;
 
+/// Longest a request body may take to arrive in full once its handler reads it; a
+/// client that declares a body and then stalls gets 400 and its connection is closed.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A JSON body; any content type is read as JSON. Rejections never echo the input.
 pub struct JsonBody<T>(pub T);
 
@@ -54,9 +58,16 @@ pub async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Reads the body, refusing one that grows past [`BODY_LIMIT`] while it streams in.
+/// Reads the body, refusing one that grows past [`BODY_LIMIT`] while it streams in or
+/// that has not arrived within [`BODY_READ_TIMEOUT`].
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<bytes::Bytes, ApiError> {
-    bytes::Bytes::from_request(req, state).await.map_err(|r| {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, bytes::Bytes::from_request(req, state));
+    let Ok(read) = read.await else {
+        return Err(ApiError::InvalidRequest(
+            "the request body did not arrive in time".to_owned(),
+        ));
+    };
+    read.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
         } else {

@@ -26,7 +26,7 @@ macro_rules! on_both_stores {
     };
 }
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -241,10 +241,13 @@ impl TestApp {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let app = tokend::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let app = tokend::app(state.clone());
+        let task = tokio::spawn(tokend::serve::serve_http(
+            listener,
+            app,
+            config.idle_timeout,
+            std::future::pending(),
+        ));
         TestApp {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder()
