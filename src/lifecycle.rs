@@ -247,6 +247,11 @@ impl Lifecycle {
         &self.passwords
     }
 
+    /// Whether `POST /v1/users` is open.
+    pub fn registration_open(&self) -> bool {
+        self.policy.registration_open
+    }
+
     /// Registers a user.
     ///
     /// # Errors

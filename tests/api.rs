@@ -173,6 +173,20 @@ async fn closed_registration_answers_not_found(backend: &str) {
         )
         .await;
     assert_eq!((r.status, r.code()), (404, "not_found"));
+    // Whatever the body: a closed door does not say what it would have refused.
+    for body in ["{", "", "[1]", r#"{"email": "not an email"}"#] {
+        let r = common::Reply::read(
+            env.app
+                .http
+                .post(env.app.url("/v1/users"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await,
+        )
+        .await;
+        assert_eq!((r.status, r.code()), (404, "not_found"), "body {body:?}");
+    }
 }
 
 async fn login_answers_unknown_email_and_wrong_password_alike(backend: &str) {

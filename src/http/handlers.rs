@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequest as _, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
@@ -158,8 +158,13 @@ fn clearing_cookie(
 /// email (409), and answers 404 when registration is closed.
 pub async fn users_create(
     State(state): State<AppState>,
-    JsonBody(req): JsonBody<RegisterRequest>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // Closed registration is no route at all: 404 whatever the body holds.
+    if !state.lifecycle.registration_open() {
+        return Err(ApiError::NotFound);
+    }
+    let JsonBody(req) = JsonBody::<RegisterRequest>::from_request(request, &state).await?;
     let user_id = state.lifecycle.register(&req.email, &req.password).await?;
     Ok((
         StatusCode::CREATED,
