@@ -97,7 +97,7 @@ pub struct ServeArgs {
     /// Upper bound on one Redis command (default 500ms).
     #[arg(long, env = "TOKEND_REDIS_TIMEOUT")]
     pub redis_timeout: Option<String>,
-    /// Redis connections (default 4).
+    /// Redis connections (default one per CPU, at most 4).
     #[arg(long, env = "TOKEND_REDIS_POOL_SIZE")]
     pub redis_pool_size: Option<String>,
     /// `iss` of access tokens (default `tokend`).

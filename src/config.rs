@@ -239,7 +239,15 @@ impl Config {
         };
         let log = field!(args.log, "TOKEND_LOG");
         let log_filter = log.text("info")?;
-        if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
+        // A bare word is a level here; tracing would take `verbose` for a target name
+        // and log nothing new, so a misspelt level is refused rather than ignored.
+        let bare_non_level = log_filter.split(',').map(str::trim).any(|d| {
+            !d.is_empty()
+                && !d.contains(['=', '[', '{'])
+                && !["trace", "debug", "info", "warn", "error", "off"]
+                    .contains(&d.to_ascii_lowercase().as_str())
+        });
+        if bare_non_level || tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
             return Err(log.err("a level like debug, or a filter like debug,fred=info"));
         }
         let proxies = field!(args.trusted_proxies, "TOKEND_TRUSTED_PROXIES");
@@ -403,6 +411,23 @@ mod tests {
         let err = Config::from_args(&args).expect_err("bad url").to_string();
         assert!(err.contains("TOKEND_REDIS_URL"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_target_directives() {
+        let with = |log: &str| {
+            Config::from_args(&ServeArgs {
+                log: Some(log.into()),
+                ..ServeArgs::default()
+            })
+        };
+        for good in ["debug", "WARN", "info,fred=debug", "tokend=trace", "off"] {
+            assert!(with(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "debug,loud", "debug,[", "warn,tokend=bogus"] {
+            let err = with(bad).expect_err(bad).to_string();
+            assert!(err.contains("TOKEND_LOG"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -162,11 +162,10 @@ fn dns_name(raw: &str) -> Option<String> {
         .then_some(name)
 }
 
-/// The host of an `http(s)://host[:port][/path]` issuer, lower-cased.
+/// The host of an `https://host[:port][/path]` issuer, lower-cased. A `Secure` cookie
+/// shared across a domain only makes sense for a service reached over https.
 fn issuer_host(issuer: &str) -> Option<String> {
-    let rest = issuer
-        .strip_prefix("https://")
-        .or_else(|| issuer.strip_prefix("http://"))?;
+    let rest = issuer.strip_prefix("https://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     (!host.is_empty() && !authority.contains('@')).then(|| host.to_ascii_lowercase())
@@ -358,6 +357,15 @@ mod tests {
             "tokend",
         )
         .expect_err("issuer is no URL");
+        assert_eq!(err.var, "TOKEND_COOKIE_DOMAIN");
+        let err = WebConfig::from_args(
+            &WebArgs {
+                cookie_domain: Some("example.com"),
+                ..WebArgs::default()
+            },
+            "http://auth.example.com",
+        )
+        .expect_err("issuer is not https");
         assert_eq!(err.var, "TOKEND_COOKIE_DOMAIN");
         for bad in ["127.0.0.1", "exa mple.com", "-x.example.com", "localhost"] {
             let args = WebArgs {
