@@ -69,6 +69,7 @@ const HTTP_BUCKETS: [f64; 15] = [
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = recorder()?.install_recorder().map_err(|e| e.to_string())?;
     describe();
+    zero_series();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
@@ -130,6 +131,38 @@ fn describe() {
     describe_gauge!(PASSWORD_HASH_SLOTS, "Slots of the password hashing pool");
     describe_gauge!(KEYRING_KEYS, "Keys published in the JWKS");
     describe_gauge!(BUILD_INFO, "Build information; always 1");
+}
+
+/// Creates every counter series of the fixed label sets at zero, and the hashing
+/// pool's gauges, so that they are scraped from the start: a series that first appears
+/// with its first event hides that event from `rate()` and `increase()`, and leaves
+/// dashboards and alerts without data until then.
+fn zero_series() {
+    for outcome in [
+        "ok", "grace", "invalid", "expired", "revoked", "reused", "error",
+    ] {
+        metrics::counter!(REFRESHES, "outcome" => outcome).increment(0);
+    }
+    for outcome in [
+        "ok",
+        "invalid_credentials",
+        "invalid_request",
+        "rate_limited",
+        "error",
+    ] {
+        metrics::counter!(LOGINS, "outcome" => outcome).increment(0);
+    }
+    for (scope, outcome) in [
+        ("session", "revoked"),
+        ("session", "noop"),
+        ("all", "revoked"),
+    ] {
+        metrics::counter!(LOGOUTS, "scope" => scope, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(REGISTRATIONS).increment(0);
+    metrics::counter!(PASSWORD_CHANGES).increment(0);
+    metrics::gauge!(PASSWORD_HASHES_QUEUED).increment(0.0);
+    metrics::gauge!(PASSWORD_HASHES_IN_FLIGHT).increment(0.0);
 }
 
 /// Collects the `process_*` metrics (CPU, memory, file descriptors, threads, start

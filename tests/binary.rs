@@ -101,6 +101,24 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
     let http = reqwest::Client::new();
 
     let server = start(&redis.url, &keys);
+    // Counters of the fixed label sets exist from the start, so the first event of each
+    // shows in rate() and increase() and alerts have data before anything happened.
+    let fresh = scrape(&http, &server).await;
+    for series in [
+        r#"tokend_refresh_total{outcome="reused"} 0"#,
+        r#"tokend_refresh_total{outcome="ok"} 0"#,
+        r#"tokend_login_total{outcome="rate_limited"} 0"#,
+        r#"tokend_login_total{outcome="invalid_credentials"} 0"#,
+        r#"tokend_logout_total{scope="all",outcome="revoked"} 0"#,
+        "tokend_registrations_total 0",
+        "tokend_password_changes_total 0",
+        "tokend_password_hashes_queued 0",
+    ] {
+        assert!(
+            fresh.contains(series),
+            "{series} missing at start:\n{fresh}"
+        );
+    }
     let (status, body) = post(
         &http,
         format!("{}/v1/users", server.api),
