@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Compares tokend builds side by side on the refresh path: runs the `refresh` scenario
+# of run.sh (shortened) for each build in turn, interleaved, and prints each run and
+# the median per build. This is how the before/after figures in README.md were taken.
+#
+#   load-tests/compare.sh OLD_BIN NEW_BIN [more binaries...]
+#   load-tests/compare.sh BIN BIN           same binary twice, with settings per label:
+#       LABEL_1='TOKEND_REDIS_POOL_SIZE=4' LABEL_2='TOKEND_REDIS_POOL_SIZE=2' ...
+#
+# Environment: ROUNDS (default 3), DURATION seconds per run (default 10), SESSIONS
+# (1024), CONNECTIONS (64), MODE=refresh (private Redis, default) or ceiling (embedded
+# store), SEED_BIN (default: the release build of examples/load_seed.rs, built if
+# missing). Everything listens on 127.0.0.1 and stops by itself.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+[ $# -ge 2 ] || { echo "usage: $0 BIN BIN [BIN...]" >&2; exit 2; }
+ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10}; SESSIONS=${SESSIONS:-1024}
+CONNECTIONS=${CONNECTIONS:-64}; MODE=${MODE:-refresh}
+for tool in wrk redis-server redis-cli; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install -y wrk redis-server)" >&2; exit 1; }
+done
+if [ -z "${SEED_BIN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --quiet --example load_seed)
+  SEED_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/load_seed
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+UA="Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+# one_run BIN [VAR=value ...]: prints "rps p50_us p99_us vmhwm_kib" of one run.
+one_run() {
+  local bin=$1 rport port mport env_args=() i
+  shift
+  rport=$(free_port); port=$(free_port); mport=$(free_port)
+  "$bin" keys generate --out "$WORK/keys.json" --force >/dev/null
+  if [ "$MODE" = refresh ]; then
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+      --logfile "$WORK/redis.log" &
+    PIDS+=($!)
+    for i in $(seq 1 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    env_args=(TOKEND_REDIS_URL="redis://127.0.0.1:$rport")
+  else
+    env_args=(TOKEND_ARGON2_MEMORY_KIB=256 TOKEND_ARGON2_ITERATIONS=1)
+  fi
+  env TOKEND_LISTEN="127.0.0.1:$port" TOKEND_METRICS_LISTEN="127.0.0.1:$mport" \
+    TOKEND_KEYS="$WORK/keys.json" "${env_args[@]}" "$@" "$bin" 2>"$WORK/tokend.log" &
+  local pid=$!
+  PIDS+=("$pid")
+  for i in $(seq 1 100); do "$bin" healthcheck --listen "127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
+  if [ "$MODE" = refresh ]; then
+    "$SEED_BIN" sessions-redis --redis-url "redis://127.0.0.1:$rport" --keys "$WORK/keys.json" \
+      --count "$SESSIONS" --out "$WORK/tokens" --user-agent "$UA" 2>/dev/null
+  else
+    "$SEED_BIN" sessions-http --base "http://127.0.0.1:$port" --count "$SESSIONS" \
+      --out "$WORK/tokens" 2>/dev/null
+  fi
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$HERE/lua/sessions.lua" \
+    "http://127.0.0.1:$port" -- "$WORK/tokens" "$CONNECTIONS" 2 >"$WORK/wrk.txt" 2>&1 || true
+  local hwm line
+  hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")
+  stop_all
+  line=$(grep '^RESULT ' "$WORK/wrk.txt" || true)
+  [ -n "$line" ] || { echo "no result; wrk said:" >&2; cat "$WORK/wrk.txt" >&2; exit 1; }
+  case "$line" in *status_over_399=0*) ;; *) echo "failed requests: $line" >&2; exit 1 ;; esac
+  awk -v hwm="$hwm" '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] }
+    printf "%.0f %s %s %s\n", r["rps"], r["p50_us"], r["p99_us"], hwm }' <<<"$line"
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+echo "mode $MODE, $SESSIONS sessions, $CONNECTIONS connections, ${DURATION}s per run, $ROUNDS rounds"
+echo "label rps p50_us p99_us vmhwm_kib"
+for round in $(seq 1 "$ROUNDS"); do
+  n=0
+  for bin in "$@"; do
+    n=$((n + 1))
+    var="LABEL_$n"
+    # shellcheck disable=SC2206
+    settings=(${!var:-})
+    result=$(one_run "$bin" "${settings[@]}")
+    echo "$n $result" | tee -a "$WORK/all"
+  done
+done
+echo "medians (rps, p99_us):"
+n=0
+for bin in "$@"; do
+  n=$((n + 1))
+  var="LABEL_$n"
+  rps=$(awk -v n="$n" '$1 == n { print $2 }' "$WORK/all" | median)
+  p99=$(awk -v n="$n" '$1 == n { print $4 }' "$WORK/all" | median)
+  echo "$n $bin ${!var:-} rps=$rps p99_us=$p99"
+done
