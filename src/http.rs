@@ -55,11 +55,16 @@ pub struct AppState {
     pub cors_origins: Arc<[HeaderValue]>,
 }
 
-/// The API router.
+/// The API router. With registration closed, `/v1/users` is not routed at all, so it
+/// answers the fallback's 404 whatever the request holds.
 pub fn app(state: AppState) -> Router {
     let origins = state.cors_origins.clone();
-    Router::new()
-        .route("/v1/users", post(handlers::users_create))
+    let router = if state.lifecycle.registration_open() {
+        Router::new().route("/v1/users", post(handlers::users_create))
+    } else {
+        Router::new()
+    };
+    router
         .route("/v1/auth/login", post(handlers::auth_login))
         .route("/v1/auth/refresh", post(handlers::auth_refresh))
         .route("/v1/auth/logout", post(handlers::auth_logout))

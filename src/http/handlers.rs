@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest as _, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
@@ -154,17 +154,12 @@ fn clearing_cookie(
 
 /// `POST /v1/users`: registers a user.
 ///
-/// Rejects a bad email or a password outside 8..=1024 bytes (400), a registered
-/// email (409), and answers 404 when registration is closed.
+/// Rejects a bad email or a password outside 8..=1024 bytes (400) and a registered
+/// email (409). Not routed while registration is closed (see [`super::app`]).
 pub async fn users_create(
     State(state): State<AppState>,
-    request: Request,
+    JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    // Closed registration is no route at all: 404 whatever the body holds.
-    if !state.lifecycle.registration_open() {
-        return Err(ApiError::NotFound);
-    }
-    let JsonBody(req) = JsonBody::<RegisterRequest>::from_request(request, &state).await?;
     let user_id = state.lifecycle.register(&req.email, &req.password).await?;
     Ok((
         StatusCode::CREATED,
