@@ -239,15 +239,7 @@ impl Config {
         };
         let log = field!(args.log, "TOKEND_LOG");
         let log_filter = log.text("info")?;
-        // A bare word is a level here; tracing would take `verbose` for a target name
-        // and log nothing new, so a misspelt level is refused rather than ignored.
-        let bare_non_level = log_filter.split(',').map(str::trim).any(|d| {
-            !d.is_empty()
-                && !d.contains(['=', '[', '{'])
-                && !["trace", "debug", "info", "warn", "error", "off"]
-                    .contains(&d.to_ascii_lowercase().as_str())
-        });
-        if bare_non_level || tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
+        if !crate::telemetry::is_valid_filter(&log_filter) {
             return Err(log.err("a level like debug, or a filter like debug,fred=info"));
         }
         let proxies = field!(args.trusted_proxies, "TOKEND_TRUSTED_PROXIES");

@@ -49,6 +49,18 @@ pub fn filter_directives(log: &str) -> String {
     directives.join(",")
 }
 
+/// Whether `TOKEND_LOG` can be used: every bare word is a level (tracing would take a
+/// misspelt one, `verbose`, for a target name and silently log nothing new), and the
+/// directives [`init`] builds from it parse.
+pub fn is_valid_filter(log: &str) -> bool {
+    let bare_words_are_levels = log
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains(['=', '[']))
+        .all(|d| d.parse::<LevelFilter>().is_ok());
+    bare_words_are_levels && tracing_subscriber::EnvFilter::try_new(filter_directives(log)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
