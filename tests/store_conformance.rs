@@ -421,7 +421,7 @@ async fn a_session_is_created_only_while_the_verified_password_stands<S: Session
     let before = SessionId::generate(&f.rng);
     assert!(
         f.store
-            .create_session(&login(before.clone(), "old"))
+            .create_session(&login(before, "old"))
             .await
             .expect("create")
     );
