@@ -5,9 +5,12 @@
 //! - `sessions-http`: registers one user per session over HTTP, logs each in once and
 //!   writes the refresh tokens, one a line. Works with either store; every session costs
 //!   two password hashes, so point it at an instance with cheap argon2.
-//! - `sessions-redis`: opens sessions straight in Redis through the crate's own
+//! - `sessions-redis`: writes the users (email and a real argon2id hash, as registration
+//!   writes them), then opens sessions straight in Redis through the crate's own
 //!   `RedisStore::create_session`, with tokens hashed under the keyring's secret, so the
-//!   key layout is exactly what a login writes. Fast enough for 100,000 sessions.
+//!   key layout is exactly what a login writes. Fast enough for 100,000 sessions. With
+//!   `--memory-report` it prints Redis `used_memory` after the users and after the
+//!   sessions, so the difference is what the sessions alone cost.
 //!
 //! `cargo run --release --example load_seed -- sessions-redis --help` lists the flags.
 
@@ -16,14 +19,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use fred::prelude::ClientLike as _;
+use fred::types::InfoKind;
 use futures::StreamExt as _;
 use serde_json::json;
 use tokend::clock::Clock;
 use tokend::ids::{SessionId, UserId};
+use tokend::password::{Cost, PasswordHasher};
 use tokend::secret::Secret;
-use tokend::store::NewSession;
 use tokend::store::SessionStore as _;
 use tokend::store::redis::{RedisSettings, RedisStore};
+use tokend::store::{NewSession, UserRecord};
 use tokend::token::keyring::Keyring;
 use tokend::token::refresh::{RefreshToken, TokenHasher};
 
@@ -98,6 +104,10 @@ enum Seed {
         /// Store calls in flight at once (fred pipelines them).
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Print `used_memory_users=<bytes>` once the users are written and
+        /// `used_memory_sessions=<bytes>` once the sessions are, on standard output.
+        #[arg(long)]
+        memory_report: bool,
     },
 }
 
@@ -206,6 +216,20 @@ struct RedisSeed {
     idle_secs: u64,
     max_secs: u64,
     concurrency: usize,
+    memory_report: bool,
+}
+
+async fn used_memory(store: &RedisStore) -> u64 {
+    let info: String = store
+        .pool()
+        .next()
+        .info(Some(InfoKind::Memory))
+        .await
+        .expect("INFO memory");
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
 }
 
 async fn sessions_redis(seed: RedisSeed) {
@@ -230,6 +254,35 @@ async fn sessions_redis(seed: RedisSeed) {
     let users: Vec<UserId> = (0..seed.count.div_ceil(per_user))
         .map(|_| UserId::generate(&rng))
         .collect();
+
+    // One real hash at the default cost: every record holds a PHC string of the length
+    // registration writes.
+    let password_hash = PasswordHasher::new(Cost::default(), 1)
+        .expect("default argon2 cost")
+        .hash(&Secret::new("load-test password".to_owned()))
+        .await
+        .expect("hash");
+    futures::stream::iter(&users)
+        .map(|id| {
+            let record = UserRecord {
+                id: id.clone(),
+                email: format!("seed-{id}@load.test").to_lowercase(),
+                password_hash: password_hash.clone(),
+            };
+            let store = &store;
+            async move {
+                assert!(
+                    store.insert_user(&record).await.expect("user written"),
+                    "seeded email already taken"
+                );
+            }
+        })
+        .buffer_unordered(seed.concurrency.max(1))
+        .collect::<()>()
+        .await;
+    if seed.memory_report {
+        println!("used_memory_users={}", used_memory(&store).await);
+    }
 
     let started = Instant::now();
     let tokens: Vec<String> = futures::stream::iter(0..seed.count)
@@ -270,6 +323,9 @@ async fn sessions_redis(seed: RedisSeed) {
         elapsed.as_secs_f64(),
         tokens.len() as f64 / elapsed.as_secs_f64()
     );
+    if seed.memory_report {
+        println!("used_memory_sessions={}", used_memory(&store).await);
+    }
     if let Some(out) = &seed.out {
         write_lines(out, &tokens);
     }
@@ -301,6 +357,7 @@ async fn main() {
             idle_secs,
             max_secs,
             concurrency,
+            memory_report,
         } => {
             sessions_redis(RedisSeed {
                 redis_url,
@@ -313,6 +370,7 @@ async fn main() {
                 idle_secs,
                 max_secs,
                 concurrency,
+                memory_report,
             })
             .await
         }

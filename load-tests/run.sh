@@ -240,15 +240,16 @@ stop_tokend
 
 # --- 2. Redis: memory per session -------------------------------------------------------
 start_redis
-mem() { rcli info memory | awk -F: '/^used_memory:/ { print $2 + 0 }'; }
 measure_memory() { # measure_memory NAME [seed flags...]
-  local name=$1 before after
+  # The seed writes the users first (a real deployment has them before any session),
+  # then reports used_memory after the users and after the sessions.
+  local name=$1 report before after
   shift
   rcli flushall >/dev/null
-  before=$(mem)
-  "$SEED_BIN" sessions-redis --redis-url "$REDIS_URL" --keys "$WORK/keys.json" \
-    --count "$MEMORY_SESSIONS" "$@" 2>>"$RAW/seed.log"
-  after=$(mem)
+  report=$("$SEED_BIN" sessions-redis --redis-url "$REDIS_URL" --keys "$WORK/keys.json" \
+    --count "$MEMORY_SESSIONS" --memory-report "$@" 2>>"$RAW/seed.log")
+  before=$(awk -F= '/^used_memory_users=/ { print $2 }' <<<"$report")
+  after=$(awk -F= '/^used_memory_sessions=/ { print $2 }' <<<"$report")
   R[mem.$name.before]=$before
   R[mem.$name.after]=$after
   R[mem.$name.keys]=$(rcli dbsize)
@@ -404,7 +405,7 @@ row() { # row NAME WHAT
   echo "| refresh p99 during login flood / quiet (both paced at $HALF_RATE/s) | $(ratio "$(get refresh_flood.p99_us)" "$(get refresh_half.p99_us)") ($(ms refresh_flood.p99_us) ms / $(ms refresh_half.p99_us) ms) |"
   echo "| Redis bytes per live session, bare (ip only), $MEMORY_SESSIONS sessions | $(get mem.bare.per) (used_memory $(get mem.bare.before) → $(get mem.bare.after), $(get mem.bare.keys) keys) |"
   echo "| Redis bytes per live session, with User-Agent and device | $(get mem.browser.per) (used_memory $(get mem.browser.before) → $(get mem.browser.after)) |"
-  echo "| Redis bytes per live session, bare, four sessions per user (one index per four) | $(get mem.four_per_user.per) (used_memory $(get mem.four_per_user.before) → $(get mem.four_per_user.after), $(get mem.four_per_user.keys) keys) |"
+  echo "| Redis bytes per live session, bare, four sessions per user | $(get mem.four_per_user.per) (used_memory $(get mem.four_per_user.before) → $(get mem.four_per_user.after), $(get mem.four_per_user.keys) keys) |"
   echo "| tokend RSS during refresh on Redis, max sampled / peak (VmHWM) | $(( $(get rss.refresh.max) / 1024 )) MiB / $(( $(get rss.refresh.hwm) / 1024 )) MiB |"
   echo "| tokend RSS during the ceiling run, max sampled | $(( $(get rss.ceiling.max) / 1024 )) MiB |"
   echo "| live sessions in Redis after the mixed run | $(get redis.live_sessions) |"
@@ -424,8 +425,9 @@ row() { # row NAME WHAT
   echo "- **static**: \`GET /healthz\`, a constant two-field JSON through the same router"
   echo "  and middleware; the cheapest route tokend has, used as the static-bytes baseline."
   echo "- **memory**: \`INFO memory\` used_memory before and after $MEMORY_SESSIONS sessions,"
-  echo "  each of its own user (so each also pays for its own session index: the worst case);"
-  echo "  then again with four sessions per user, as for users with a few devices."
+  echo "  measured after their users' records (email, argon2id hash) were written, as users"
+  echo "  exist before they log in: each session of its own user (its index entry then"
+  echo "  lands in a user hash of its own: the worst case), then four sessions per user."
   echo
   echo "Raw wrk output, tokend and Redis logs: \`$RAW\`."
 } >"$REPORT"

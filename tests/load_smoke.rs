@@ -92,4 +92,19 @@ fn smoke_run_of_the_load_test_completes_without_a_failed_request() {
             "report lacks {section:?}:\n{report}"
         );
     }
+    // Every memory row carries a measured figure: the seeding tool's report was read.
+    let memory_rows: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("| Redis bytes per live session"))
+        .collect();
+    assert_eq!(memory_rows.len(), 3, "{report}");
+    for row in memory_rows {
+        let figure = row.split('|').nth(2).unwrap_or_default().trim();
+        let bytes: u64 = figure
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {row:?}"));
+        assert!(bytes > 0, "{row}");
+    }
 }

@@ -3,12 +3,18 @@
 //!
 //! | key | type | TTL |
 //! | --- | --- | --- |
-//! | `tokend:{u:<uid>}:s:<sid>` | hash: `h` token hash, `r` rotated ms, `c` created ms, `l` last used ms, `x` absolute end ms, `d` device, `a` user agent, `i` ip | the session's end |
+//! | `tokend:{u:<uid>}:s:<sid>` | hash: `h` token hash, `l` last used (and rotated) ms, `x` absolute end ms, `d` device, `a` user agent, `i` ip | the session's end |
 //! | same key, once revoked | hash: `v` (a tombstone, so a refresh can say "revoked") | the session's end, at most a day |
-//! | `tokend:{u:<uid>}:sessions` | sorted set of session ids by creation ms | latest absolute end |
-//! | `tokend:{u:<uid>}:user` | hash: `e` email, `p` argon2id hash | none |
+//! | `tokend:{u:<uid>}:user` | hash: `e` email, `p` argon2id hash, and the session index: `s:<sid>` created ms per session | none |
 //! | `tokend:{e:<blake3(email)>}` | string: user id | none |
 //! | `tokend:{rl:<a or i>:<blake3(email or ip)>}` | string: login attempts in the window | the window |
+//!
+//! The session index (for listing and logout everywhere) is a set of fields in the user
+//! hash rather than a key of its own: a key costs a keyspace entry, an expiry entry and
+//! object headers, about 200 bytes per user, where a field costs a few dozen. Entries of
+//! sessions that expired by TTL are pruned whenever the index is read (login, listing,
+//! logout everywhere, password change), so a user's index never holds more than the
+//! sessions the user had at once.
 //!
 //! Scripts are sent by SHA and reloaded on `NOSCRIPT`.
 
@@ -51,28 +57,34 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            create_session: Script::from_lua(include_str!("lua/create_session.lua")),
+            create_session: Script::from_lua(concat!(
+                include_str!("lua/index.lua"),
+                include_str!("lua/create_session.lua")
+            )),
             rotate: Script::from_lua(concat!(
-                include_str!("lua/revoke.lua"),
+                include_str!("lua/index.lua"),
                 include_str!("lua/rotate.lua")
             )),
             revoke_by_token: Script::from_lua(concat!(
-                include_str!("lua/revoke.lua"),
+                include_str!("lua/index.lua"),
                 include_str!("lua/revoke_by_token.lua")
             )),
             revoke_session: Script::from_lua(concat!(
-                include_str!("lua/revoke.lua"),
+                include_str!("lua/index.lua"),
                 include_str!("lua/revoke_session.lua")
             )),
             revoke_all: Script::from_lua(concat!(
-                include_str!("lua/revoke.lua"),
+                include_str!("lua/index.lua"),
                 include_str!("lua/revoke_all.lua")
             )),
             set_password: Script::from_lua(concat!(
-                include_str!("lua/revoke.lua"),
+                include_str!("lua/index.lua"),
                 include_str!("lua/set_password.lua")
             )),
-            list_sessions: Script::from_lua(include_str!("lua/list_sessions.lua")),
+            list_sessions: Script::from_lua(concat!(
+                include_str!("lua/index.lua"),
+                include_str!("lua/list_sessions.lua")
+            )),
             hit_limit: Script::from_lua(include_str!("lua/hit_limit.lua")),
             release_limit: Script::from_lua(include_str!("lua/release_limit.lua")),
         }
@@ -96,10 +108,6 @@ fn session_key(user: &UserId, session: &SessionId) -> String {
 
 fn session_prefix(user: &UserId) -> String {
     format!("tokend:{{u:{user}}}:s:")
-}
-
-fn index_key(user: &UserId) -> String {
-    format!("tokend:{{u:{user}}}:sessions")
 }
 
 fn user_key(user: &UserId) -> String {
@@ -336,11 +344,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn create_session(&self, s: &NewSession) -> StoreResult<bool> {
-        let keys = vec![
-            session_key(&s.user_id, &s.session_id),
-            index_key(&s.user_id),
-            user_key(&s.user_id),
-        ];
+        let keys = vec![session_key(&s.user_id, &s.session_id), user_key(&s.user_id)];
         let opt = |v: &Option<String>| Value::from(v.as_deref().unwrap_or(""));
         let args = vec![
             Value::from(s.session_id.as_str()),
@@ -359,7 +363,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn rotate(&self, r: &Rotation<'_>) -> StoreResult<RotateOutcome> {
-        let keys = vec![session_key(r.user_id, r.session_id), index_key(r.user_id)];
+        let keys = vec![session_key(r.user_id, r.session_id), user_key(r.user_id)];
         let args = vec![
             bytes(&r.presented),
             bytes(&r.successor),
@@ -404,7 +408,7 @@ impl SessionStore for RedisStore {
         presented: TokenHash,
         successor: TokenHash,
     ) -> StoreResult<bool> {
-        let keys = vec![session_key(user, session), index_key(user)];
+        let keys = vec![session_key(user, session), user_key(user)];
         let args = vec![
             bytes(&presented),
             bytes(&successor),
@@ -415,7 +419,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn revoke_session(&self, user: &UserId, session: &SessionId) -> StoreResult<bool> {
-        let keys = vec![session_key(user, session), index_key(user)];
+        let keys = vec![session_key(user, session), user_key(user)];
         let n: i64 = self
             .run(
                 &self.scripts.revoke_session,
@@ -430,7 +434,7 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(
                 &self.scripts.revoke_all,
-                vec![index_key(user)],
+                vec![user_key(user)],
                 vec![Value::from(session_prefix(user))],
             )
             .await?;
@@ -447,7 +451,7 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(
                 &self.scripts.revoke_all,
-                vec![index_key(user), session_key(user, session)],
+                vec![user_key(user), session_key(user, session)],
                 vec![
                     Value::from(session_prefix(user)),
                     bytes(&presented),
@@ -462,7 +466,7 @@ impl SessionStore for RedisStore {
         let rows: Vec<Vec<Value>> = self
             .run(
                 &self.scripts.list_sessions,
-                vec![index_key(user)],
+                vec![user_key(user)],
                 vec![Value::from(session_prefix(user))],
             )
             .await?;
@@ -498,7 +502,7 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(
                 &self.scripts.set_password,
-                vec![user_key(user), index_key(user)],
+                vec![user_key(user)],
                 vec![
                     Value::from(password_hash),
                     Value::from(session_prefix(user)),
@@ -553,11 +557,7 @@ mod tests {
         let user = UserId::generate(&rng);
         let session = SessionId::generate(&rng);
         let tag = format!("{{u:{user}}}");
-        for key in [
-            session_key(&user, &session),
-            index_key(&user),
-            user_key(&user),
-        ] {
+        for key in [session_key(&user, &session), user_key(&user)] {
             assert!(key.contains(&tag), "{key}");
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }

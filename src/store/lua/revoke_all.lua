@@ -1,4 +1,5 @@
--- Revokes every session of a user. KEYS[1] index. ARGV[1] session key prefix.
+-- Revokes every session of a user. KEYS[1] user hash (holds the index).
+-- ARGV[1] session key prefix.
 -- With KEYS[2] (a session hash) and ARGV[2], ARGV[3] (presented and successor token
 -- hashes), first checks that the presented token is that session's current token or
 -- its predecessor, and returns -1 without revoking anything if not.

@@ -5,12 +5,12 @@
 --   {4, current}     presented is neither current nor its predecessor
 --   {5}              the session was revoked
 --   {0}              no such session (never existed or expired)
--- KEYS[1] session hash, KEYS[2] user's session index
+-- KEYS[1] session hash, KEYS[2] user hash (holds the session index)
 -- ARGV: 1 presented hash, 2 successor hash, 3 now ms, 4 idle ms, 5 grace ms, 6 session id
-local s = redis.call('HMGET', KEYS[1], 'h', 'r', 'l', 'x', 'v')
+local s = redis.call('HMGET', KEYS[1], 'h', 'l', 'x', 'v')
 local current = s[1]
 if not current then
-  if s[5] then
+  if s[4] then
     return {5}
   end
   return {0}
@@ -24,25 +24,25 @@ end
 local t = redis.call('TIME')
 local now = math.max(tonumber(ARGV[3]), tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local idle = tonumber(ARGV[4])
-local absolute = tonumber(s[4])
+local absolute = tonumber(s[3])
 if current == ARGV[1] then
   local expires = math.min(now + idle, absolute)
   if expires <= now then
     redis.call('DEL', KEYS[1])
-    redis.call('ZREM', KEYS[2], ARGV[6])
+    unindex(KEYS[2], ARGV[6])
     return {0}
   end
   local stamp = string.format('%.0f', now)
-  redis.call('HSET', KEYS[1], 'h', ARGV[2], 'r', stamp, 'l', stamp)
+  redis.call('HSET', KEYS[1], 'h', ARGV[2], 'l', stamp)
   redis.call('PEXPIREAT', KEYS[1], expires)
   return {1, expires, absolute}
 end
 if current == ARGV[2] then
   if now - tonumber(s[2]) < tonumber(ARGV[5]) then
-    return {2, math.min(tonumber(s[3]) + idle, absolute), absolute}
+    return {2, math.min(tonumber(s[2]) + idle, absolute), absolute}
   end
   revoke(KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[6])
+  unindex(KEYS[2], ARGV[6])
   return {3}
 end
 return {4, current}
