@@ -8,7 +8,8 @@
 #       LABEL_1='TOKEND_REDIS_POOL_SIZE=4' LABEL_2='TOKEND_REDIS_POOL_SIZE=2' ...
 #
 # Environment: ROUNDS (default 3), DURATION seconds per run (default 10), SESSIONS
-# (1024), CONNECTIONS (64), MODE=refresh (private Redis, default) or ceiling (embedded
+# (1024), CONNECTIONS (64), RATE (requests/s the whole run offers, paced as in run.sh's
+# half-rate scenario; default 0: closed loop), MODE=refresh (private Redis, default) or ceiling (embedded
 # store), SEED_BIN (default: the release build of examples/load_seed.rs, built if
 # missing). Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
@@ -17,7 +18,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 [ $# -ge 2 ] || { echo "usage: $0 BIN BIN [BIN...]" >&2; exit 2; }
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10}; SESSIONS=${SESSIONS:-1024}
-CONNECTIONS=${CONNECTIONS:-64}; MODE=${MODE:-refresh}
+CONNECTIONS=${CONNECTIONS:-64}; MODE=${MODE:-refresh}; RATE=${RATE:-0}
 for tool in wrk redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install -y wrk redis-server)" >&2; exit 1; }
 done
@@ -72,7 +73,7 @@ one_run() {
       --out "$WORK/tokens" 2>/dev/null
   fi
   wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$HERE/lua/sessions.lua" \
-    "http://127.0.0.1:$port" -- "$WORK/tokens" "$CONNECTIONS" 2 >"$WORK/wrk.txt" 2>&1 || true
+    "http://127.0.0.1:$port" -- "$WORK/tokens" "$CONNECTIONS" 2 "$RATE" >"$WORK/wrk.txt" 2>&1 || true
   local hwm line
   hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")
   stop_all
@@ -85,7 +86,7 @@ one_run() {
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "mode $MODE, $SESSIONS sessions, $CONNECTIONS connections, ${DURATION}s per run, $ROUNDS rounds"
+echo "mode $MODE, $SESSIONS sessions, $CONNECTIONS connections, rate $RATE/s (0: closed loop), ${DURATION}s per run, $ROUNDS rounds"
 echo "label rps p50_us p99_us vmhwm_kib"
 for round in $(seq 1 "$ROUNDS"); do
   n=0
