@@ -9,9 +9,12 @@
 #
 # Environment: ROUNDS (default 3), DURATION seconds per run (default 10), SESSIONS
 # (1024), CONNECTIONS (64), RATE (requests/s the whole run offers, paced as in run.sh's
-# half-rate scenario; default 0: closed loop), MODE=refresh (private Redis, default) or ceiling (embedded
-# store), SEED_BIN (default: the release build of examples/load_seed.rs, built if
-# missing). Everything listens on 127.0.0.1 and stops by itself.
+# half-rate scenario; default 0: closed loop), MODE=refresh (private Redis, default) or
+# ceiling (embedded store), MODE_1, MODE_2, ... (one label's mode, so that ceiling and
+# Redis runs alternate: `MODE_1=ceiling MODE_2=refresh compare.sh BIN BIN` gives the
+# refresh/ceiling ratio from interleaved medians), SEED_BIN (default: the release build
+# of examples/load_seed.rs, built if missing). Everything listens on 127.0.0.1 and stops
+# by itself.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -93,9 +96,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for bin in "$@"; do
     n=$((n + 1))
     var="LABEL_$n"
+    mode_var="MODE_$n"
     # shellcheck disable=SC2206
     settings=(${!var:-})
-    result=$(one_run "$bin" "${settings[@]}")
+    result=$(MODE=${!mode_var:-$MODE} one_run "$bin" "${settings[@]}")
     echo "$n $result" | tee -a "$WORK/all"
   done
 done
@@ -106,5 +110,6 @@ for bin in "$@"; do
   var="LABEL_$n"
   rps=$(awk -v n="$n" '$1 == n { print $2 }' "$WORK/all" | median)
   p99=$(awk -v n="$n" '$1 == n { print $4 }' "$WORK/all" | median)
-  echo "$n $bin ${!var:-} rps=$rps p99_us=$p99"
+  mode_var="MODE_$n"
+  echo "$n $bin ${!mode_var:-$MODE} ${!var:-} rps=$rps p99_us=$p99"
 done
