@@ -13,8 +13,8 @@
 # ceiling (embedded store), MODE_1, MODE_2, ... (one label's mode, so that ceiling and
 # Redis runs alternate: `MODE_1=ceiling MODE_2=refresh compare.sh BIN BIN` gives the
 # refresh/ceiling ratio from interleaved medians), SEED_BIN (default: the release build
-# of examples/load_seed.rs, built if missing). Everything listens on 127.0.0.1 and stops
-# by itself.
+# of examples/load_seed.rs, built or found up to date first). Everything listens on
+# 127.0.0.1 and stops by itself.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -42,7 +42,9 @@ trap 'stop_all; rm -rf "$WORK"' EXIT
 free_port() {
   local port
   while :; do
-    port=$((20000 + RANDOM % 40000))
+    # Below Linux's default ephemeral range (32768-60999), so an outgoing connection
+    # never holds the port picked.
+    port=$((10000 + RANDOM % 22000))
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
   done
 }
@@ -89,7 +91,9 @@ one_run() {
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "mode $MODE, $SESSIONS sessions, $CONNECTIONS connections, rate $RATE/s (0: closed loop), ${DURATION}s per run, $ROUNDS rounds"
+modes=""
+for n in $(seq 1 $#); do mode_var="MODE_$n"; modes="$modes $n:${!mode_var:-$MODE}"; done
+echo "modes (label:mode)$modes; $SESSIONS sessions, $CONNECTIONS connections, rate $RATE/s (0: closed loop), ${DURATION}s per run, $ROUNDS rounds"
 echo "label rps p50_us p99_us vmhwm_kib"
 for round in $(seq 1 "$ROUNDS"); do
   n=0

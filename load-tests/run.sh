@@ -67,7 +67,9 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 free_port() {
   local port
   while :; do
-    port=$((20000 + RANDOM % 40000))
+    # Below Linux's default ephemeral range (32768-60999), so an outgoing connection
+    # never holds the port picked.
+    port=$((10000 + RANDOM % 22000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
@@ -370,7 +372,12 @@ drop_sessions
 seed_redis_sessions "$WORK/mixed.tokens"
 run_wrk mixed "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
   "$WORK/mixed.tokens" "$CONNECTIONS" "$THREADS" 0 mixed "$WORK/users"
-R[redis.live_sessions]=$(rcli --scan --pattern 'tokend:{u:*}:s:*' | wc -l)
+# Live sessions only: a revoked session's key stays as a tombstone without `h`.
+R[redis.live_sessions]=$(rcli eval "local n = 0
+  for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+    n = n + redis.call('HEXISTS', k, 'h')
+  end
+  return n" 0 'tokend:{u:*}:s:*')
 stop_tokend
 
 # --- report -----------------------------------------------------------------------------

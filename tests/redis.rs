@@ -203,3 +203,120 @@ async fn a_rotation_carried_out_late_is_stamped_with_the_time_it_happened() {
         "the retry was taken for theft: {retry:?}"
     );
 }
+
+/// Sessions written by a build that kept the index in a sorted set per user
+/// (`tokend:{u:<uid>}:sessions`) still refresh, are listed, and end with logout
+/// everywhere and a password change; the sorted set is folded into the user hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_indexed_by_an_earlier_build_are_listed_and_revoked() {
+    use tokend::clock::Clock;
+    use tokend::ids::{SessionId, UserId};
+    use tokend::secret::Secret;
+    use tokend::store::redis::{RedisSettings, RedisStore};
+    use tokend::store::{RotateOutcome, Rotation, SessionStore};
+    use tokend::token::refresh::TokenHash;
+
+    let redis = RedisServer::private();
+    let store = RedisStore::connect(&RedisSettings {
+        url: Secret::new(redis.url.clone()),
+        command_timeout: Duration::from_secs(2),
+        pool_size: 1,
+    })
+    .expect("url");
+    assert!(store.wait_connected(Duration::from_secs(5)).await);
+    let rng = ring::rand::SystemRandom::new();
+    let now = Clock::System.now_ms();
+    let end = (now + 3_600_000).to_string();
+    let current = *b"abcdefghijklmnopqrstuvwxyz012345";
+
+    // Writes a user with two sessions in the earlier layout; returns their ids, oldest first.
+    let old_layout = |user: &UserId| {
+        let legacy = format!("tokend:{{u:{user}}}:sessions");
+        let mut ids = Vec::new();
+        for age in [2_000, 1_000] {
+            let id = SessionId::generate(&rng);
+            let created = (now - age).to_string();
+            let key = format!("tokend:{{u:{user}}}:s:{id}");
+            redis.cli(&[
+                "HSET",
+                &key,
+                "h",
+                std::str::from_utf8(&current).expect("ascii"),
+                "r",
+                &created,
+                "c",
+                &created,
+                "l",
+                &created,
+                "x",
+                &end,
+            ]);
+            redis.cli(&["PEXPIREAT", &key, &end]);
+            redis.cli(&["ZADD", &legacy, &created, id.as_str()]);
+            ids.push(id);
+        }
+        redis.cli(&[
+            "HSET",
+            &format!("tokend:{{u:{user}}}:user"),
+            "e",
+            "old@example.com",
+            "p",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+        ]);
+        (legacy, ids)
+    };
+    let live = |user: &UserId, id: &SessionId| {
+        redis
+            .cli(&["HEXISTS", &format!("tokend:{{u:{user}}}:s:{id}"), "h"])
+            .trim()
+            == "1"
+    };
+
+    let alice = UserId::generate(&rng);
+    let (legacy, ids) = old_layout(&alice);
+    let rotated = store
+        .rotate(&Rotation {
+            user_id: &alice,
+            session_id: &ids[0],
+            presented: TokenHash(current),
+            successor: TokenHash([7; 32]),
+            now_ms: now,
+            idle_ms: 600_000,
+            grace_ms: 10_000,
+        })
+        .await
+        .expect("rotate");
+    assert!(
+        matches!(rotated, RotateOutcome::Rotated { .. }),
+        "{rotated:?}"
+    );
+    let listed: Vec<SessionId> = store
+        .list_sessions(&alice, now)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.session_id)
+        .collect();
+    assert_eq!(listed, vec![ids[1].clone(), ids[0].clone()], "newest first");
+    assert_eq!(redis.cli(&["EXISTS", &legacy]).trim(), "0", "folded in");
+    assert_eq!(store.revoke_all(&alice).await.expect("revoke all"), 2);
+    assert!(!live(&alice, &ids[0]) && !live(&alice, &ids[1]));
+
+    // Logout everywhere and a password change reach them without a listing first.
+    let bob = UserId::generate(&rng);
+    let (_, ids) = old_layout(&bob);
+    assert_eq!(store.revoke_all(&bob).await.expect("revoke all"), 2);
+    assert!(!live(&bob, &ids[0]) && !live(&bob, &ids[1]));
+    let carol = UserId::generate(&rng);
+    let (legacy, ids) = old_layout(&carol);
+    let ended = store
+        .set_password_and_revoke_all(
+            &carol,
+            "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$bmV3aGFzaA",
+        )
+        .await
+        .expect("set password");
+    assert_eq!(ended, Some(2));
+    assert!(!live(&carol, &ids[0]) && !live(&carol, &ids[1]));
+    assert_eq!(redis.cli(&["EXISTS", &legacy]).trim(), "0");
+}

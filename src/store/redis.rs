@@ -14,7 +14,10 @@
 //! object headers, about 200 bytes per user, where a field costs a few dozen. Entries of
 //! sessions that expired by TTL are pruned whenever the index is read (login, listing,
 //! logout everywhere, password change), so a user's index never holds more than the
-//! sessions the user had at once.
+//! sessions the user had at once. Earlier builds kept the index in a sorted set,
+//! `tokend:{u:<uid>}:sessions`; the scripts that read the index move its members into
+//! the user hash and delete it, so sessions opened by such a build stay listed and are
+//! ended by logout everywhere and password changes.
 //!
 //! Scripts are sent by SHA and reloaded on `NOSCRIPT`.
 
@@ -108,6 +111,12 @@ fn session_key(user: &UserId, session: &SessionId) -> String {
 
 fn session_prefix(user: &UserId) -> String {
     format!("tokend:{{u:{user}}}:s:")
+}
+
+/// The sorted set that held a user's session index before it moved into the user hash;
+/// the scripts that read the index move its members over and delete it.
+fn legacy_index_key(user: &UserId) -> String {
+    format!("tokend:{{u:{user}}}:sessions")
 }
 
 fn user_key(user: &UserId) -> String {
@@ -344,7 +353,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn create_session(&self, s: &NewSession) -> StoreResult<bool> {
-        let keys = vec![session_key(&s.user_id, &s.session_id), user_key(&s.user_id)];
+        let keys = vec![
+            session_key(&s.user_id, &s.session_id),
+            user_key(&s.user_id),
+            legacy_index_key(&s.user_id),
+        ];
         let opt = |v: &Option<String>| Value::from(v.as_deref().unwrap_or(""));
         let args = vec![
             Value::from(s.session_id.as_str()),
@@ -434,7 +447,7 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(
                 &self.scripts.revoke_all,
-                vec![user_key(user)],
+                vec![user_key(user), legacy_index_key(user)],
                 vec![Value::from(session_prefix(user))],
             )
             .await?;
@@ -451,7 +464,11 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(
                 &self.scripts.revoke_all,
-                vec![user_key(user), session_key(user, session)],
+                vec![
+                    user_key(user),
+                    legacy_index_key(user),
+                    session_key(user, session),
+                ],
                 vec![
                     Value::from(session_prefix(user)),
                     bytes(&presented),
@@ -466,7 +483,7 @@ impl SessionStore for RedisStore {
         let rows: Vec<Vec<Value>> = self
             .run(
                 &self.scripts.list_sessions,
-                vec![user_key(user)],
+                vec![user_key(user), legacy_index_key(user)],
                 vec![Value::from(session_prefix(user))],
             )
             .await?;
@@ -502,7 +519,7 @@ impl SessionStore for RedisStore {
         let n: i64 = self
             .run(
                 &self.scripts.set_password,
-                vec![user_key(user)],
+                vec![user_key(user), legacy_index_key(user)],
                 vec![
                     Value::from(password_hash),
                     Value::from(session_prefix(user)),
@@ -557,7 +574,11 @@ mod tests {
         let user = UserId::generate(&rng);
         let session = SessionId::generate(&rng);
         let tag = format!("{{u:{user}}}");
-        for key in [session_key(&user, &session), user_key(&user)] {
+        for key in [
+            session_key(&user, &session),
+            user_key(&user),
+            legacy_index_key(&user),
+        ] {
             assert!(key.contains(&tag), "{key}");
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }

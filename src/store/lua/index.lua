@@ -4,8 +4,18 @@
 -- holding the session's creation ms. A separate index key would cost every user a
 -- keyspace entry of its own; a field costs a few dozen bytes.
 
--- The index's entries as {{id, created ms}, ...}.
-local function index_entries(user)
+-- The index's entries as {{id, created ms}, ...}. `legacy` names the sorted set that
+-- held the index before it moved into the user hash (`tokend:{u:<uid>}:sessions`,
+-- member session id, score created ms); its members are moved over and the set is
+-- deleted, so sessions opened by an earlier build stay listed and revocable.
+local function index_entries(user, legacy)
+  local old = redis.call('ZRANGE', legacy, 0, -1, 'WITHSCORES')
+  for i = 1, #old, 2 do
+    redis.call('HSETNX', user, 's:' .. old[i], old[i + 1])
+  end
+  if #old > 0 then
+    redis.call('DEL', legacy)
+  end
   local out = {}
   local all = redis.call('HGETALL', user)
   for i = 1, #all, 2 do
@@ -39,9 +49,9 @@ end
 
 -- Revokes every session in a user's index and empties the index; returns how many
 -- sessions were live.
-local function revoke_index(user, prefix)
+local function revoke_index(user, legacy, prefix)
   local n = 0
-  for _, entry in ipairs(index_entries(user)) do
+  for _, entry in ipairs(index_entries(user, legacy)) do
     n = n + revoke(prefix .. entry[1])
     unindex(user, entry[1])
   end

@@ -1,7 +1,7 @@
 -- Lists a user's live sessions, newest first, pruning index entries whose keys expired.
--- KEYS[1] user hash (holds the index). ARGV[1] session key prefix.
+-- KEYS[1] user hash (holds the index), KEYS[2] legacy index. ARGV[1] session key prefix.
 -- Returns {{id, created, last_used, device, user_agent, ip, expires_at}, ...}.
-local entries = index_entries(KEYS[1])
+local entries = index_entries(KEYS[1], KEYS[2])
 table.sort(entries, function(a, b)
   local x, y = tonumber(a[2]), tonumber(b[2])
   if x ~= y then
