@@ -685,19 +685,11 @@ async fn redis_killed_mid_load_loses_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_index_never_outgrows_the_live_sessions() {
     use tokend::ids::{SessionId, UserId};
-    use tokend::secret::Secret;
-    use tokend::store::redis::{RedisSettings, RedisStore};
     use tokend::store::{NewSession, SessionStore};
     use tokend::token::refresh::TokenHash;
 
     let redis = RedisServer::private();
-    let store = RedisStore::connect(&RedisSettings {
-        url: Secret::new(redis.url.clone()),
-        command_timeout: Duration::from_secs(2),
-        pool_size: 2,
-    })
-    .expect("url");
-    assert!(store.wait_connected(Duration::from_secs(5)).await);
+    let store = common::connected_store(&redis.url).await;
     let rng = ring::rand::SystemRandom::new();
     let user = UserId::generate(&rng);
     let session = |ttl_ms: u64| {

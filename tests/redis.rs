@@ -151,19 +151,11 @@ async fn tokend_starts_while_redis_is_down_and_becomes_ready_when_it_comes() {
 async fn a_rotation_carried_out_late_is_stamped_with_the_time_it_happened() {
     use tokend::clock::Clock;
     use tokend::ids::{SessionId, UserId};
-    use tokend::secret::Secret;
-    use tokend::store::redis::{RedisSettings, RedisStore};
     use tokend::store::{NewSession, RotateOutcome, Rotation, SessionStore};
     use tokend::token::refresh::TokenHash;
 
     let redis = RedisServer::private();
-    let store = RedisStore::connect(&RedisSettings {
-        url: Secret::new(redis.url.clone()),
-        command_timeout: Duration::from_secs(2),
-        pool_size: 1,
-    })
-    .expect("url");
-    assert!(store.wait_connected(Duration::from_secs(5)).await);
+    let store = common::connected_store(&redis.url).await;
     let rng = ring::rand::SystemRandom::new();
     let (user, session) = (UserId::generate(&rng), SessionId::generate(&rng));
     let now = Clock::System.now_ms();
@@ -211,19 +203,11 @@ async fn a_rotation_carried_out_late_is_stamped_with_the_time_it_happened() {
 async fn sessions_indexed_by_an_earlier_build_are_listed_and_revoked() {
     use tokend::clock::Clock;
     use tokend::ids::{SessionId, UserId};
-    use tokend::secret::Secret;
-    use tokend::store::redis::{RedisSettings, RedisStore};
     use tokend::store::{RotateOutcome, Rotation, SessionStore};
     use tokend::token::refresh::TokenHash;
 
     let redis = RedisServer::private();
-    let store = RedisStore::connect(&RedisSettings {
-        url: Secret::new(redis.url.clone()),
-        command_timeout: Duration::from_secs(2),
-        pool_size: 1,
-    })
-    .expect("url");
-    assert!(store.wait_connected(Duration::from_secs(5)).await);
+    let store = common::connected_store(&redis.url).await;
     let rng = ring::rand::SystemRandom::new();
     let now = Clock::System.now_ms();
     let end = (now + 3_600_000).to_string();

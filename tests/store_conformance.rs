@@ -8,9 +8,8 @@ use std::time::Duration;
 use common::RedisServer;
 use tokend::clock::Clock;
 use tokend::ids::{SessionId, UserId};
-use tokend::secret::Secret;
 use tokend::store::memory::MemoryStore;
-use tokend::store::redis::{RedisSettings, RedisStore};
+use tokend::store::redis::RedisStore;
 use tokend::store::{LimitKey, NewSession, RotateOutcome, Rotation, SessionStore, UserRecord};
 use tokend::token::refresh::TokenHash;
 
@@ -32,16 +31,7 @@ fn memory() -> Fixture<MemoryStore> {
 
 async fn redis() -> Fixture<RedisStore> {
     let server = RedisServer::any();
-    let store = RedisStore::connect(&RedisSettings {
-        url: Secret::new(server.url.clone()),
-        command_timeout: Duration::from_secs(2),
-        pool_size: 2,
-    })
-    .expect("valid url");
-    assert!(
-        store.wait_connected(Duration::from_secs(5)).await,
-        "redis reachable"
-    );
+    let store = common::connected_store(&server.url).await;
     Fixture {
         store,
         rng: ring::rand::SystemRandom::new(),
@@ -705,16 +695,7 @@ async fn login_limits_count_atomically_in_a_fixed_window<S: SessionStore>(f: Fix
 }
 
 async fn cluster_fixture(cluster: &common::RedisCluster) -> Fixture<RedisStore> {
-    let store = RedisStore::connect(&RedisSettings {
-        url: Secret::new(cluster.url.clone()),
-        command_timeout: Duration::from_secs(2),
-        pool_size: 2,
-    })
-    .expect("valid cluster url");
-    assert!(
-        store.wait_connected(Duration::from_secs(10)).await,
-        "cluster reachable"
-    );
+    let store = common::connected_store(&cluster.url).await;
     Fixture {
         store,
         rng: ring::rand::SystemRandom::new(),

@@ -184,6 +184,23 @@ impl RedisServer {
     }
 }
 
+/// A Redis store (two connections, 2 s command timeout) connected to `url`, a server
+/// or a Cluster node.
+pub async fn connected_store(url: &str) -> tokend::store::redis::RedisStore {
+    use tokend::store::redis::{RedisSettings, RedisStore};
+    let store = RedisStore::connect(&RedisSettings {
+        url: tokend::secret::Secret::new(url.to_owned()),
+        command_timeout: Duration::from_secs(2),
+        pool_size: 2,
+    })
+    .expect("valid Redis URL");
+    assert!(
+        store.wait_connected(Duration::from_secs(10)).await,
+        "Redis reachable at {url}"
+    );
+    store
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
