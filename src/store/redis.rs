@@ -57,37 +57,26 @@ struct Scripts {
     release_limit: Script,
 }
 
+/// A script with the index and revocation helpers of `lua/index.lua` in front of it.
+macro_rules! with_index_helpers {
+    ($file:literal) => {
+        Script::from_lua(concat!(
+            include_str!("lua/index.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
+
 impl Scripts {
     fn new() -> Self {
         Self {
-            create_session: Script::from_lua(concat!(
-                include_str!("lua/index.lua"),
-                include_str!("lua/create_session.lua")
-            )),
-            rotate: Script::from_lua(concat!(
-                include_str!("lua/index.lua"),
-                include_str!("lua/rotate.lua")
-            )),
-            revoke_by_token: Script::from_lua(concat!(
-                include_str!("lua/index.lua"),
-                include_str!("lua/revoke_by_token.lua")
-            )),
-            revoke_session: Script::from_lua(concat!(
-                include_str!("lua/index.lua"),
-                include_str!("lua/revoke_session.lua")
-            )),
-            revoke_all: Script::from_lua(concat!(
-                include_str!("lua/index.lua"),
-                include_str!("lua/revoke_all.lua")
-            )),
-            set_password: Script::from_lua(concat!(
-                include_str!("lua/index.lua"),
-                include_str!("lua/set_password.lua")
-            )),
-            list_sessions: Script::from_lua(concat!(
-                include_str!("lua/index.lua"),
-                include_str!("lua/list_sessions.lua")
-            )),
+            create_session: with_index_helpers!("create_session.lua"),
+            rotate: with_index_helpers!("rotate.lua"),
+            revoke_by_token: with_index_helpers!("revoke_by_token.lua"),
+            revoke_session: with_index_helpers!("revoke_session.lua"),
+            revoke_all: with_index_helpers!("revoke_all.lua"),
+            set_password: with_index_helpers!("set_password.lua"),
+            list_sessions: with_index_helpers!("list_sessions.lua"),
             hit_limit: Script::from_lua(include_str!("lua/hit_limit.lua")),
             release_limit: Script::from_lua(include_str!("lua/release_limit.lua")),
         }
