@@ -219,6 +219,16 @@ server_share() {
       END { if (d["+Inf"] > 0) printf "%.1f", 100 * d[le] / d["+Inf"]; else print "n/a" }' "$2" "$3")
   done
 }
+# The refresh/ceiling ratio a refresh would reach if its store call cost no more than
+# a bare Redis round trip through tokend: each ceiling request takes 1/ceiling seconds
+# of the machine, and a /readyz request costs 1/roundtrip - 1/static more than a
+# /healthz one, so ceiling time / (ceiling time + round trip time).
+attainable() {
+  awk -v c="$(get ceiling.rps)" -v r="$(get roundtrip.rps)" -v s="$(get static.rps)" \
+    'BEGIN { if (c > 0 && r > 0 && s > 0) { t = 1 / r - 1 / s; if (t < 0) t = 0
+      printf "%.2f (round trip %.1f µs of machine time)", (1 / c) / (1 / c + t), t * 1e6 }
+      else print "n/a" }'
+}
 ms() { awk -v us="$(get "$1")" 'BEGIN { printf "%.2f", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
@@ -368,6 +378,15 @@ read_result login_flood "$LOGIN_CONNECTIONS" "$((SHORT + 3))"
 run_wrk jwks "$CONNECTIONS" "$THREADS" "$SHORT" static.lua "$BASE/.well-known/jwks.json"
 run_wrk static "$CONNECTIONS" "$THREADS" "$SHORT" static.lua "$BASE/healthz"
 
+# Floors for the refresh figures: /readyz answers after one PING to Redis through the
+# same client pool, with no signing, hashing or script, so it is what a bare Redis round
+# trip costs through tokend; both routes are then paced at the refresh half rate.
+run_wrk roundtrip "$CONNECTIONS" "$THREADS" "$SHORT" static.lua "$BASE/readyz"
+run_wrk static_half "$CONNECTIONS" "$THREADS" "$SHORT" static.lua "$BASE/healthz" \
+  "$CONNECTIONS" "$HALF_RATE"
+run_wrk roundtrip_half "$CONNECTIONS" "$THREADS" "$SHORT" static.lua "$BASE/readyz" \
+  "$CONNECTIONS" "$HALF_RATE"
+
 drop_sessions
 seed_redis_sessions "$WORK/mixed.tokens"
 run_wrk mixed "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
@@ -436,6 +455,9 @@ row() { # row NAME WHAT
   row login_flood "the login flood itself"
   row jwks "GET /.well-known/jwks.json"
   row static "GET /healthz (static baseline)"
+  row roundtrip "GET /readyz: one Redis PING, nothing else"
+  row static_half "GET /healthz, paced at $HALF_RATE/s"
+  row roundtrip_half "GET /readyz, paced at $HALF_RATE/s"
   row mixed "mixed: 90% refresh, 4% list, 3% logout, 3% login"
   echo
   echo "Answers by status:"
@@ -450,6 +472,7 @@ row() { # row NAME WHAT
   echo "| figure | value |"
   echo "| --- | --- |"
   echo "| refresh on Redis / ceiling (embedded store) throughput | $(ratio "$(get refresh.rps)" "$(get ceiling.rps)") |"
+  echo "| refresh / ceiling attainable with one bare round trip added (see below) | $(attainable) |"
   echo "| JWKS / static bytes throughput | $(ratio "$(get jwks.rps)" "$(get static.rps)") |"
   echo "| refresh p99 during login flood / quiet (both paced at $HALF_RATE/s) | $(ratio "$(get refresh_flood.p99_us)" "$(get refresh_half.p99_us)") ($(ms refresh_flood.p99_us) ms / $(ms refresh_half.p99_us) ms) |"
   echo "| refreshes tokend itself answered within 1 ms / 2.5 ms, paced at $HALF_RATE/s | $(get refresh_half.within_0.001)% / $(get refresh_half.within_0.0025)% |"
@@ -478,6 +501,11 @@ row() { # row NAME WHAT
   echo "  2.5 ms, without the generator's side of the loopback."
   echo "- **static**: \`GET /healthz\`, a constant two-field JSON through the same router"
   echo "  and middleware; the cheapest route tokend has, used as the static-bytes baseline."
+  echo "- **roundtrip**: \`GET /readyz\`, which answers after one \`PING\` to Redis over the"
+  echo "  same client pool the refresh uses: the cost of a bare round trip through tokend,"
+  echo "  with no signing, hashing or script. Closed loop it gives the attainable ratio"
+  echo "  above; paced at the refresh half rate (next to \`/healthz\` paced alike) it is"
+  echo "  the p99 floor a refresh at that rate cannot go below on this machine."
   echo "- **memory**: \`INFO memory\` used_memory before and after $MEMORY_SESSIONS sessions,"
   echo "  measured after their users' records (email, argon2id hash) were written, as users"
   echo "  exist before they log in: each session of its own user (its index entry then"

@@ -23,6 +23,21 @@ function common.lines(path)
   return out
 end
 
+-- A wrk delay() that paces each of `connections` connections so that together they
+-- offer about `rate` requests per second: each waits connections/rate seconds after an
+-- answer. wrk takes whole milliseconds, so the gap is rounded at random to keep the
+-- mean exact.
+function common.pacer(connections, rate)
+  local gap = connections * 1000 / rate
+  return function()
+    local whole = math.floor(gap)
+    if math.random() < gap - whole then
+      return whole + 1
+    end
+    return whole
+  end
+end
+
 -- Per-thread counters live in the global `counts` (name -> number), so that done()
 -- can collect them.
 function common.count(name, by)

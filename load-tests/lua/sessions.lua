@@ -68,16 +68,7 @@ function init(args)
   math.randomseed(tid * 7919 + 17)
 
   if rate > 0 then
-    -- Each connection waits connections/rate seconds between requests; wrk takes
-    -- whole milliseconds, so round at random to keep the mean exact.
-    local gap = connections * 1000 / rate
-    delay = function()
-      local whole = math.floor(gap)
-      if math.random() < gap - whole then
-        return whole + 1
-      end
-      return whole
-    end
+    delay = common.pacer(connections, rate)
   end
 end
 
