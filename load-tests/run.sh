@@ -105,7 +105,8 @@ rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 start_redis() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --logfile "$RAW/redis.log" &
-  STARTED+=($!)
+  REDIS_PID=$!
+  STARTED+=("$REDIS_PID")
   local i
   for i in $(seq 1 100); do
     rcli ping >/dev/null 2>&1 && return 0
@@ -160,8 +161,15 @@ run_wrk() {
   local load_before
   load_before=$(cut -d' ' -f1 /proc/loadavg)
   log "scenario $name: $conns connections, $threads threads, ${secs}s"
-  wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s --latency -s "$LUA/$script" "$url" \
-    -- "$@" >"$out" 2>&1
+  local tokend_before redis_before wrk_cpu
+  tokend_before=$(cpu_ticks "$TOKEND_PID")
+  redis_before=$(cpu_ticks "${REDIS_PID:-}")
+  # bash's `time` keyword gives wrk's own user and system seconds without a tool.
+  wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s \
+    --latency -s "$LUA/$script" "$url" -- "$@" >"$out" 2>&1; } 2>&1)
+  R[$name.cpu_tokend]=$(($(cpu_ticks "$TOKEND_PID") - tokend_before))
+  R[$name.cpu_redis]=$(($(cpu_ticks "${REDIS_PID:-}") - redis_before))
+  R[$name.cpu_wrk]=$(awk -v t="$CLK_TCK" '{ printf "%d", ($1 + $2) * t }' <<<"$wrk_cpu")
   local line kv
   line=$(grep '^RESULT ' "$out" | tail -1 || true)
   if [ -z "$line" ]; then
@@ -192,6 +200,19 @@ read_result() {
 }
 
 get() { echo "${R[$1]:-0}"; }
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+# cpu_ticks PID: user plus system CPU time the process has used, in clock ticks (0 when
+# there is no such process).
+cpu_ticks() {
+  [ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+# per_request NAME PROCESS: CPU µs that PROCESS (tokend, redis or wrk) spent per answered
+# request of scenario NAME.
+per_request() {
+  awk -v t="$(get "$1.cpu_$2")" -v n="$(get "$1.requests")" -v hz="$CLK_TCK" \
+    'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "n/a" }'
+}
 
 # refresh_histogram FILE: tokend's own latency histogram for answered refreshes (status
 # 200), cumulative "le count" lines, read from /metrics over bash's /dev/tcp.
@@ -317,8 +338,17 @@ if [ "${PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
     sleep "$DURATION" 2>"$RAW/perf-record.log" &
   PERF=$!
 fi
+rcli config resetstat >/dev/null
 run_wrk refresh "$CONNECTIONS" "$THREADS" "$DURATION" sessions.lua "$BASE" \
   "$WORK/redis.tokens" "$CONNECTIONS" "$THREADS"
+# Redis's own execution time per call (no I/O) of the rotation script and of the
+# commands it runs, from INFO commandstats over the refresh run.
+rcli info commandstats | tr -d '\r' >"$RAW/commandstats-refresh.txt"
+for cmd in evalsha hmget hset pexpireat time; do
+  R[cmd.$cmd]=$(awk -F'[=,:]' -v c="cmdstat_$cmd" '$1 == c {
+    for (i = 2; i < NF; i += 2) if ($i == "usec_per_call") print $(i + 1) }' \
+    "$RAW/commandstats-refresh.txt")
+done
 kill "$SAMPLER" 2>/dev/null || true
 if [ -n "${PERF:-}" ]; then
   wait "$PERF" || true
@@ -407,6 +437,13 @@ rustc_v=$(rustc -V 2>/dev/null || echo "unknown")
 redis_v=$(redis-server --version | awk '{ print $3 }' | tr -d 'v=')
 wrk_v=$( (wrk -v 2>&1 || true) | head -1 | awk '{ print $2 }')
 
+cpu_row() { # cpu_row NAME: a row of the CPU-per-request table
+  local n=$1 t r w
+  t=$(per_request "$n" tokend); r=$(per_request "$n" redis); w=$(per_request "$n" wrk)
+  awk -v n="$n" -v t="$t" -v r="$r" -v w="$w" -v c="$(nproc)" \
+    'BEGIN { printf "| %s | %s | %s | %s | %.1f | %.1f |\n", n, t, r, w, t + r + w, (t + r + w) / c }'
+}
+
 row() { # row NAME WHAT
   local n=$1
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" "$2" \
@@ -460,6 +497,16 @@ row() { # row NAME WHAT
   row roundtrip_half "GET /readyz, paced at $HALF_RATE/s"
   row mixed "mixed: 90% refresh, 4% list, 3% logout, 3% login"
   echo
+  echo "CPU time per answered request, in µs, of each process on the machine (from"
+  echo "\`/proc/PID/stat\` for tokend and Redis, bash's \`time\` for wrk). Their sum over"
+  echo "the $(nproc) CPUs is what bounds throughput once the cores are saturated."
+  echo
+  echo "| scenario | tokend | redis-server | wrk | sum | sum / CPUs |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  for n in ceiling refresh roundtrip static jwks; do
+    cpu_row "$n"
+  done
+  echo
   echo "Answers by status:"
   echo
   for n in "${SCENARIOS[@]}"; do
@@ -473,6 +520,7 @@ row() { # row NAME WHAT
   echo "| --- | --- |"
   echo "| refresh on Redis / ceiling (embedded store) throughput | $(ratio "$(get refresh.rps)" "$(get ceiling.rps)") |"
   echo "| refresh / ceiling attainable with one bare round trip added (see below) | $(attainable) |"
+  echo "| Redis's time per rotation script call (\`INFO commandstats\`, refresh run) | $(get cmd.evalsha) µs, of which the commands it calls: HMGET $(get cmd.hmget), HSET $(get cmd.hset), PEXPIREAT $(get cmd.pexpireat), TIME $(get cmd.time) µs |"
   echo "| JWKS / static bytes throughput | $(ratio "$(get jwks.rps)" "$(get static.rps)") |"
   echo "| refresh p99 during login flood / quiet (both paced at $HALF_RATE/s) | $(ratio "$(get refresh_flood.p99_us)" "$(get refresh_half.p99_us)") ($(ms refresh_flood.p99_us) ms / $(ms refresh_half.p99_us) ms) |"
   echo "| refreshes tokend itself answered within 1 ms / 2.5 ms, paced at $HALF_RATE/s | $(get refresh_half.within_0.001)% / $(get refresh_half.within_0.0025)% |"

@@ -107,4 +107,32 @@ fn smoke_run_of_the_load_test_completes_without_a_failed_request() {
             .unwrap_or_else(|| panic!("no figure in {row:?}"));
         assert!(bytes > 0, "{row}");
     }
+    // The CPU accounting found both server processes: the refresh row of the
+    // per-request CPU table has a tokend and a redis-server figure.
+    let cpu_row: Vec<f64> = report
+        .lines()
+        .filter(|l| l.starts_with("| refresh | "))
+        .map(|l| {
+            l.split('|')
+                .skip(2)
+                .filter_map(|c| c.trim().parse().ok())
+                .collect()
+        })
+        .find(|cells: &Vec<f64>| cells.len() == 5)
+        .unwrap_or_else(|| panic!("no CPU row for refresh:\n{report}"));
+    assert!(
+        cpu_row[0] > 0.0 && cpu_row[1] > 0.0,
+        "{cpu_row:?}\n{report}"
+    );
+    let script_row = report
+        .lines()
+        .find(|l| l.starts_with("| Redis's time per rotation script call"))
+        .unwrap_or_else(|| panic!("no script timing row:\n{report}"));
+    let micros: f64 = script_row
+        .split('|')
+        .nth(2)
+        .and_then(|c| c.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {script_row:?}"));
+    assert!(micros > 0.0, "{script_row}");
 }
