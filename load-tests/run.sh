@@ -50,18 +50,20 @@ for tool in wrk redis-server redis-cli; do
 done
 
 STARTED=()
+# Stops what is still running of what this script started: `jobs -p` lists only
+# background jobs this shell has not yet reaped, so a process stopped earlier (whose
+# PID the system may have handed out again) is never signalled.
 cleanup() {
   local pid
-  for pid in "${STARTED[@]}"; do
+  for pid in $(jobs -p); do
     kill "$pid" 2>/dev/null || true
   done
-  for pid in "${STARTED[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
+  wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -166,10 +168,11 @@ run_wrk() {
   tokend_before=$(cpu_ticks "$TOKEND_PID")
   redis_before=$(cpu_ticks "${REDIS_PID:-}")
   # bash's `time` keyword gives wrk's own user and system seconds without a tool.
+  # wrk exits 1 when it cannot connect (tokend gone): the missing RESULT below says so.
   wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout 5s \
-    --latency -s "$LUA/$script" "$url" -- "$@" >"$out" 2>&1; } 2>&1)
-  R[$name.cpu_tokend]=$(($(cpu_ticks "$TOKEND_PID") - tokend_before))
-  R[$name.cpu_redis]=$(($(cpu_ticks "${REDIS_PID:-}") - redis_before))
+    --latency -s "$LUA/$script" "$url" -- "$@" >"$out" 2>&1; } 2>&1) || true
+  R[$name.cpu_tokend]=$(ticks_since "$TOKEND_PID" "$tokend_before")
+  R[$name.cpu_redis]=$(ticks_since "${REDIS_PID:-}" "$redis_before")
   R[$name.cpu_wrk]=$(awk -v t="$CLK_TCK" '{ printf "%d", ($1 + $2) * t }' <<<"$wrk_cpu")
   local line kv
   line=$(grep '^RESULT ' "$out" | tail -1 || true)
@@ -208,6 +211,12 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu_ticks() {
   [ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
+# ticks_since PID BEFORE: CPU ticks PID used since BEFORE was read; 0 if it has exited.
+ticks_since() {
+  local now
+  now=$(cpu_ticks "$1")
+  echo $((now >= $2 ? now - $2 : 0))
+}
 # per_request NAME PROCESS: CPU µs that PROCESS (tokend, redis or wrk) spent per answered
 # request of scenario NAME.
 per_request() {
@@ -219,7 +228,8 @@ per_request() {
 # 200), cumulative "le count" lines, read from /metrics over bash's /dev/tcp.
 refresh_histogram() {
   local line
-  exec 5<>"/dev/tcp/127.0.0.1/$METRICS_PORT"
+  : >"$1"
+  { exec 5<>"/dev/tcp/127.0.0.1/$METRICS_PORT"; } 2>/dev/null || return 0
   printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&5
   while IFS= read -r line <&5; do
     case "$line" in
@@ -236,7 +246,7 @@ refresh_histogram() {
 server_share() {
   local le
   for le in 0.001 0.0025; do
-    R[$1.within_$le]=$(awk -v le="$le" 'NR == FNR { b[$1] = $2; next }
+    R[$1.within_$le]=$(awk -v le="$le" 'FILENAME == ARGV[1] { b[$1] = $2; next }
       { d[$1] = $2 - b[$1] }
       END { if (d["+Inf"] > 0) printf "%.1f", 100 * d[le] / d["+Inf"]; else print "n/a" }' "$2" "$3")
   done
@@ -266,12 +276,13 @@ statuses() {
   echo "${out%, }" | tr ',' '\n' | sed 's/^ //' | sort | paste -sd, - | sed 's/,/, /g'
 }
 
-# Requests that did not get their expected answer: sockets, timeouts, any status over
-# 399, and broken session chains.
+# Requests that did not get an answer, or got a status over 399: socket errors,
+# timeouts and error statuses. A refresh answered with an error also breaks its session
+# chain and is counted once more under lost.
 failures() {
   local n=$1
   echo $(($(get "$n.err_connect") + $(get "$n.err_read") + $(get "$n.err_write") \
-    + $(get "$n.err_timeout") + $(get "$n.status_over_399") + $(get "$n.lost")))
+    + $(get "$n.err_timeout") + $(get "$n.status_over_399")))
 }
 
 sample_rss() { # sample_rss PID FILE: VmRSS in KiB every 0.5 s until killed
@@ -290,7 +301,7 @@ START_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 log "ceiling: tokend on the embedded store, seeding $SESSIONS sessions over HTTP"
 start_tokend ceiling TOKEND_ARGON2_MEMORY_KIB=256 TOKEND_ARGON2_ITERATIONS=1
 "$SEED_BIN" sessions-http --base "$BASE" --count "$SESSIONS" --out "$WORK/ceiling.tokens" \
-  2>>"$RAW/seed.log"
+  2>>"$RAW/seed.log" || { log "seeding over HTTP failed (see $RAW/seed.log)"; FAILED=1; }
 : >"$WORK/rss-ceiling"
 sample_rss "$TOKEND_PID" "$WORK/rss-ceiling" &
 SAMPLER=$!
@@ -346,9 +357,12 @@ for cmd in evalsha hmget hset pexpireat time; do
     "$RAW/commandstats-refresh.txt")
 done
 kill "$SAMPLER" 2>/dev/null || true
+R[rss.refresh.hwm]=$(awk '/^VmHWM/ { print $2 }' "/proc/$TOKEND_PID/status" 2>/dev/null || echo 0)
 # The profile comes from a run of its own after the quoted one: sampling call stacks
 # costs tokend enough CPU to lower the throughput it measures by a third.
-if [ "${PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
+if [ "${PROFILE:-0}" = 1 ] && ! command -v perf >/dev/null; then
+  log "PROFILE=1 needs perf (apt-get install -y linux-perf); no profile taken"
+elif [ "${PROFILE:-0}" = 1 ]; then
   drop_sessions
   seed_redis_sessions "$WORK/profiled.tokens"
   perf record -e cpu-clock -F 999 -g -o "$RAW/perf.data" -p "$TOKEND_PID" -- \
@@ -371,11 +385,11 @@ if [ "${PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
   } >"$RESULTS_DIR/profile.txt" || true
 fi
 R[rss.refresh.max]=$(sort -n "$WORK/rss-redis" | tail -1)
-R[rss.refresh.hwm]=$(awk '/^VmHWM/ { print $2 }' "/proc/$TOKEND_PID/status")
 R[rss.ceiling.max]=$(sort -n "$WORK/rss-ceiling" | tail -1)
 
 HALF_RATE=$(awk -v r="$(get refresh.rps)" 'BEGIN { printf "%d", r / 2 }')
 [ "$HALF_RATE" -gt 0 ] || HALF_RATE=100
+SLOW_RATE=$((HALF_RATE / 8 > 0 ? HALF_RATE / 8 : 1))
 drop_sessions
 seed_redis_sessions "$WORK/half.tokens"
 refresh_histogram "$WORK/hist.before"
@@ -390,12 +404,14 @@ drop_sessions
 seed_redis_sessions "$WORK/slow.tokens"
 refresh_histogram "$WORK/hist.before"
 run_wrk refresh_slow "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
-  "$WORK/slow.tokens" "$CONNECTIONS" "$THREADS" "$((HALF_RATE / 8 > 0 ? HALF_RATE / 8 : 1))"
+  "$WORK/slow.tokens" "$CONNECTIONS" "$THREADS" "$SLOW_RATE"
 refresh_histogram "$WORK/hist.after"
 server_share refresh_slow "$WORK/hist.before" "$WORK/hist.after"
 
 log "registering $LOGIN_USERS users (default argon2 cost)"
-"$SEED_BIN" users --base "$BASE" --count "$LOGIN_USERS" --out "$WORK/users" 2>>"$RAW/seed.log"
+# Over HTTP: if tokend has gone, the scenarios that follow report no result.
+"$SEED_BIN" users --base "$BASE" --count "$LOGIN_USERS" --out "$WORK/users" 2>>"$RAW/seed.log" ||
+  { log "registering users failed (see $RAW/seed.log)"; FAILED=1; touch "$WORK/users"; }
 run_wrk login "$LOGIN_CONNECTIONS" 1 "$SHORT" login.lua "$BASE" "$WORK/users" 1
 
 drop_sessions
@@ -483,16 +499,17 @@ row() { # row NAME WHAT
   echo "## Scenarios"
   echo
   echo "Latencies in ms (wrk, closed loop unless paced). *failed* counts socket errors,"
-  echo "timeouts, statuses over 399 and lost tokens; *lost* counts refresh chains broken by"
-  echo "a non-200 answer. $SESSIONS live sessions per refresh scenario, one user each,"
-  echo "tokens rotated in place (each used once, its successor next)."
+  echo "timeouts and statuses over 399; *lost* counts refresh chains broken by a non-200"
+  echo "answer (a refresh answered with an error is in both). $SESSIONS live sessions per"
+  echo "refresh scenario, one user each, tokens rotated in place (each used once, its"
+  echo "successor next)."
   echo
   echo "| scenario | what | conns | req/s | p50 | p90 | p99 | max | failed | lost |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   row ceiling "refresh, embedded store (ceiling)"
   row refresh "refresh, Redis"
   row refresh_half "refresh, Redis, paced at $HALF_RATE/s"
-  row refresh_slow "refresh, Redis, paced at $((HALF_RATE / 8))/s"
+  row refresh_slow "refresh, Redis, paced at $SLOW_RATE/s"
   row refresh_flood "refresh, Redis, paced at $HALF_RATE/s, during login flood"
   row login "login, default argon2id"
   row login_flood "the login flood itself"
@@ -513,11 +530,11 @@ row() { # row NAME WHAT
     cpu_row "$n"
   done
   echo
-  echo "Answers by status:"
+  echo "Answers by status, and the 1-minute load average before and after each scenario:"
   echo
   for n in "${SCENARIOS[@]}"; do
     s=$(statuses "$n")
-    echo "- $n: ${s:-only 2xx (not broken down)}$( [ "$(get "$n.reclaimed")" != 0 ] && echo "; reclaimed slots $(get "$n.reclaimed")")"
+    echo "- $n: ${s:-only 2xx (not broken down)}$( [ "$(get "$n.reclaimed")" != 0 ] && echo "; reclaimed slots $(get "$n.reclaimed")")$( [ "$(get "$n.filler")" != 0 ] && echo "; $(get "$n.filler") filler requests left out of req/s (their pools had lost every token; latencies include them)"); load ${R[$n.load]:-n/a}"
   done
   echo
   echo "## Ratios and resources"
@@ -530,7 +547,7 @@ row() { # row NAME WHAT
   echo "| JWKS / static bytes throughput | $(ratio "$(get jwks.rps)" "$(get static.rps)") |"
   echo "| refresh p99 during login flood / quiet (both paced at $HALF_RATE/s) | $(ratio "$(get refresh_flood.p99_us)" "$(get refresh_half.p99_us)") ($(ms refresh_flood.p99_us) ms / $(ms refresh_half.p99_us) ms) |"
   echo "| refreshes tokend itself answered within 1 ms / 2.5 ms, paced at $HALF_RATE/s | $(get refresh_half.within_0.001)% / $(get refresh_half.within_0.0025)% |"
-  echo "| the same, paced at $((HALF_RATE / 8))/s | $(get refresh_slow.within_0.001)% / $(get refresh_slow.within_0.0025)% |"
+  echo "| the same, paced at $SLOW_RATE/s | $(get refresh_slow.within_0.001)% / $(get refresh_slow.within_0.0025)% |"
   echo "| Redis bytes per live session, bare (ip only), $MEMORY_SESSIONS sessions | $(get mem.bare.per) (used_memory $(get mem.bare.before) → $(get mem.bare.after), $(get mem.bare.keys) keys) |"
   echo "| Redis bytes per live session, with User-Agent and device | $(get mem.browser.per) (used_memory $(get mem.browser.before) → $(get mem.browser.after)) |"
   echo "| Redis bytes per live session, bare, four sessions per user | $(get mem.four_per_user.per) (used_memory $(get mem.four_per_user.before) → $(get mem.four_per_user.after), $(get mem.four_per_user.keys) keys) |"
@@ -553,7 +570,7 @@ row() { # row NAME WHAT
   echo "  rate. For the paced runs tokend's own request-duration histogram (\`/metrics\`) is"
   echo "  read before and after, giving the share of refreshes it answered within 1 and"
   echo "  2.5 ms, without the generator's side of the loopback."
-  echo "- **static**: \`GET /healthz\`, a constant two-field JSON through the same router"
+  echo "- **static**: \`GET /healthz\`, a constant one-field JSON through the same router"
   echo "  and middleware; the cheapest route tokend has, used as the static-bytes baseline."
   echo "- **roundtrip**: \`GET /readyz\`, which answers after one \`PING\` to Redis over the"
   echo "  same client pool the refresh uses: the cost of a bare round trip through tokend,"
@@ -571,8 +588,9 @@ row() { # row NAME WHAT
 log "report written to $REPORT"
 for n in "${SCENARIOS[@]}"; do
   f=$(failures "$n")
-  if [ "$f" != 0 ]; then
-    log "scenario $n: $f failed requests or lost tokens"
+  l=$(get "$n.lost")
+  if [ "$f" != 0 ] || [ "$l" != 0 ]; then
+    log "scenario $n: $f failed requests, $l lost tokens"
     FAILED=1
   fi
 done

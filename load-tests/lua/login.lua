@@ -4,7 +4,7 @@
 --
 -- Every successful login opens a new session, as a real one does.
 
-local common = dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "common.lua")
+local common = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "common.lua")
 
 counts = {}
 setup = common.setup

@@ -23,7 +23,7 @@
 -- answer), 3% logout (ends that session on purpose: counted as ended, not lost),
 -- 3% login of a seeded user (the new session joins the pool).
 
-local common = dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "common.lua")
+local common = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "common.lua")
 
 counts = {}
 setup = common.setup

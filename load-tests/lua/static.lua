@@ -5,7 +5,7 @@
 --
 -- With a rate, every connection is paced as in sessions.lua, so that the whole run
 -- offers about that many requests per second.
-local common = dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "common.lua")
+local common = dofile((debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./") .. "common.lua")
 
 counts = {}
 setup = common.setup
