@@ -145,6 +145,9 @@ impl Field<'_> {
         };
         match parse_duration(raw) {
             Some(d) if allow_zero || !d.is_zero() => Ok(d),
+            _ if allow_zero => Err(self.err(
+                "whole seconds or a whole number with a unit (ms, s, m, h, d) like 10m, zero or more, at most 3650d",
+            )),
             _ => Err(self.err(
                 "whole seconds or a whole number with a unit (ms, s, m, h, d) like 10m, above zero, at most 3650d",
             )),
@@ -436,6 +439,19 @@ mod tests {
             access_ttl: Some("0".into()),
             ..ServeArgs::default()
         };
-        assert!(Config::from_args(&args).is_err());
+        let err = Config::from_args(&args)
+            .expect_err("zero lifetime")
+            .to_string();
+        assert!(err.contains("above zero"), "{err}");
+        // Each message states the range its own setting accepts.
+        let args = ServeArgs {
+            refresh_grace: Some("-1".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::from_args(&args)
+            .expect_err("negative grace")
+            .to_string();
+        assert!(err.contains("zero or more"), "{err}");
+        assert!(!err.contains("above zero"), "{err}");
     }
 }

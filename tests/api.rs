@@ -576,6 +576,7 @@ async fn password_change_revokes_every_session(backend: &str) {
         )
         .await;
     assert_eq!((r.status, r.code()), (401, "invalid_credentials"));
+    assert_eq!(r.body["message"], "the current password is incorrect");
     let r = app
         .post_bearer(
             "/v1/auth/password",

@@ -17,6 +17,8 @@ pub enum ApiError {
     InvalidRequest(String),
     /// 401: unknown email or wrong password.
     InvalidCredentials,
+    /// 401 (code `invalid_credentials`): a password change with a wrong current password.
+    WrongCurrentPassword,
     /// 401: refresh or access token unknown, malformed, expired or revoked, or missing.
     InvalidToken,
     /// 401: a rotated refresh token was replayed after the grace window.
@@ -54,6 +56,11 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
                 "email or password is incorrect",
+            ),
+            ApiError::WrongCurrentPassword => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "the current password is incorrect",
             ),
             ApiError::InvalidToken => (
                 StatusCode::UNAUTHORIZED,

@@ -32,10 +32,16 @@ fn describe(e: &serde_json::Error) -> String {
         }
         Category::Data => {
             let text = e.to_string();
-            // serde names missing fields without any value; other data errors can
-            // quote the offending value (a password, say), so they stay generic.
+            // serde names missing and repeated fields without any value; other data
+            // errors can quote the offending value (a password, say), so they stay
+            // generic.
             match text.split(" at line").next() {
-                Some(m) if m.starts_with("missing field") => m.to_owned(),
+                Some(m) if m.starts_with("missing field") || m.starts_with("duplicate field") => {
+                    m.to_owned()
+                }
+                Some(m) if m.starts_with("unknown variant") => {
+                    "a field has a value it does not accept".to_owned()
+                }
                 _ => "a field has the wrong type; expected a JSON object of strings".to_owned(),
             }
         }
@@ -240,5 +246,25 @@ mod tests {
         assert_eq!(describe(&e), "missing field `password`");
         let e = serde_json::from_str::<Login>("{not json").expect_err("syntax");
         assert_eq!(describe(&e), "request body is not valid JSON");
+        let e =
+            serde_json::from_str::<Login>(r#"{"email":"a@b.co","password":"x","email":"c@d.ef"}"#)
+                .expect_err("duplicate");
+        assert_eq!(describe(&e), "duplicate field `email`");
+
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Mode {
+            Body,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        struct WithMode {
+            #[allow(dead_code)]
+            mode: Mode,
+        }
+        let e = serde_json::from_str::<WithMode>(r#"{"mode":"carrier-pigeon"}"#)
+            .expect_err("unknown variant");
+        let msg = describe(&e);
+        assert_eq!(msg, "a field has a value it does not accept");
+        assert!(!msg.contains("pigeon"), "{msg}");
     }
 }

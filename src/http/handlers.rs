@@ -13,7 +13,7 @@ use super::cookie::{RefreshCookie, has_csrf_header, may_touch_cookie};
 use super::error::ApiError;
 use super::extract::{Caller, ClientInfo, JsonBody, OptionalJsonBody, bearer};
 use crate::clock::rfc3339;
-use crate::lifecycle::{ClientMeta, Issued};
+use crate::lifecycle::{ClientMeta, Issued, LifecycleError};
 use crate::secret::Secret;
 use crate::store::SessionStore as _;
 
@@ -340,7 +340,11 @@ pub async fn auth_password(
     state
         .lifecycle
         .change_password(&claims, &req.current_password, &req.new_password)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            LifecycleError::InvalidCredentials => ApiError::WrongCurrentPassword,
+            e => e.into(),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
