@@ -750,19 +750,17 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     }
     let pair = cookie.split(';').next().expect("name=value").to_owned();
 
-    let refresh = |csrf: bool| {
-        let mut req = app
-            .http
-            .post(app.url("/v1/auth/refresh"))
-            .header("cookie", &pair);
+    // A POST carrying only the cookie, with or without the anti-CSRF header.
+    let post_cookie = |path: &str, pair: &str, csrf: bool| {
+        let mut req = app.http.post(app.url(path)).header("cookie", pair);
         if csrf {
             req = req.header("x-requested-with", "tokend");
         }
         req.send()
     };
-    let r = common::Reply::read(refresh(false).await).await;
+    let r = common::Reply::read(post_cookie("/v1/auth/refresh", &pair, false).await).await;
     assert_eq!((r.status, r.code()), (403, "forbidden"));
-    let r = common::Reply::read(refresh(true).await).await;
+    let r = common::Reply::read(post_cookie("/v1/auth/refresh", &pair, true).await).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.get("refresh_token").is_none());
     let rotated = r.header("set-cookie").expect("replaced cookie").to_owned();
@@ -772,16 +770,7 @@ async fn cookie_transport_keeps_the_refresh_token_out_of_the_body(backend: &str)
     // Logout by cookie without the CSRF header is refused (that it revokes nothing is
     // shown without a grace window, below); with the header it ends the session and
     // clears the cookie.
-    let logout = |csrf: bool| {
-        let mut req = app
-            .http
-            .post(app.url("/v1/auth/logout"))
-            .header("cookie", &rotated_pair);
-        if csrf {
-            req = req.header("x-requested-with", "tokend");
-        }
-        req.send()
-    };
+    let logout = |csrf: bool| post_cookie("/v1/auth/logout", &rotated_pair, csrf);
     let r = common::Reply::read(logout(false).await).await;
     assert_eq!((r.status, r.code()), (403, "forbidden"));
     assert!(
