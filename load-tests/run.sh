@@ -49,7 +49,6 @@ for tool in wrk redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install -y wrk redis-server)" >&2; exit 1; }
 done
 
-STARTED=()
 # Stops what is still running of what this script started: `jobs -p` lists only
 # background jobs this shell has not yet reaped, so a process stopped earlier (whose
 # PID the system may have handed out again) is never signalled.
@@ -109,7 +108,6 @@ start_redis() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --logfile "$RAW/redis.log" &
   REDIS_PID=$!
-  STARTED+=("$REDIS_PID")
   local i
   for i in $(seq 1 100); do
     rcli ping >/dev/null 2>&1 && return 0
@@ -131,7 +129,6 @@ start_tokend() {
   env TOKEND_LISTEN="127.0.0.1:$port" TOKEND_METRICS_LISTEN="127.0.0.1:$metrics" \
     TOKEND_KEYS="$WORK/keys.json" "$@" "$TOKEND_BIN" 2>"$RAW/tokend-$name.log" &
   TOKEND_PID=$!
-  STARTED+=("$TOKEND_PID")
   BASE="http://127.0.0.1:$port"
   wait_ready "127.0.0.1:$port"
 }
@@ -305,7 +302,6 @@ start_tokend ceiling TOKEND_ARGON2_MEMORY_KIB=256 TOKEND_ARGON2_ITERATIONS=1
 : >"$WORK/rss-ceiling"
 sample_rss "$TOKEND_PID" "$WORK/rss-ceiling" &
 SAMPLER=$!
-STARTED+=("$SAMPLER")
 run_wrk ceiling "$CONNECTIONS" "$THREADS" "$DURATION" sessions.lua "$BASE" \
   "$WORK/ceiling.tokens" "$CONNECTIONS" "$THREADS"
 kill "$SAMPLER" 2>/dev/null || true
@@ -344,7 +340,6 @@ seed_redis_sessions "$WORK/redis.tokens"
 : >"$WORK/rss-redis"
 sample_rss "$TOKEND_PID" "$WORK/rss-redis" &
 SAMPLER=$!
-STARTED+=("$SAMPLER")
 rcli config resetstat >/dev/null
 run_wrk refresh "$CONNECTIONS" "$THREADS" "$DURATION" sessions.lua "$BASE" \
   "$WORK/redis.tokens" "$CONNECTIONS" "$THREADS"
@@ -420,7 +415,6 @@ log "login flood in the background, paced refresh in front"
 wrk -t1 -c"$LOGIN_CONNECTIONS" -d"$((SHORT + 3))s" --timeout 10s -s "$LUA/login.lua" "$BASE" \
   -- "$WORK/users" 1 >"$RAW/login_flood.txt" 2>&1 &
 FLOOD=$!
-STARTED+=("$FLOOD")
 sleep 1
 run_wrk refresh_flood "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
   "$WORK/flood.tokens" "$CONNECTIONS" "$THREADS" "$HALF_RATE"
