@@ -145,12 +145,11 @@ impl Field<'_> {
         };
         match parse_duration(raw) {
             Some(d) if allow_zero || !d.is_zero() => Ok(d),
-            _ if allow_zero => Err(self.err(
-                "whole seconds or a whole number with a unit (ms, s, m, h, d) like 10m, zero or more, at most 3650d",
-            )),
-            _ => Err(self.err(
-                "whole seconds or a whole number with a unit (ms, s, m, h, d) like 10m, above zero, at most 3650d",
-            )),
+            _ => Err(self.err(if allow_zero {
+                "whole seconds or a whole number with a unit (ms, s, m, h, d) like 10m, zero or more, at most 3650d"
+            } else {
+                "whole seconds or a whole number with a unit (ms, s, m, h, d) like 10m, above zero, at most 3650d"
+            })),
         }
     }
 
@@ -386,15 +385,20 @@ mod tests {
         assert!(c.registration_open);
     }
 
+    /// The message start-up fails with for these settings.
+    fn refusal(args: &ServeArgs) -> String {
+        Config::from_args(args)
+            .expect_err("settings refused")
+            .to_string()
+    }
+
     #[test]
     fn bad_values_name_the_variable_and_hide_the_value() {
         let args = ServeArgs {
             access_ttl: Some("ten minutes please".into()),
             ..ServeArgs::default()
         };
-        let err = Config::from_args(&args)
-            .expect_err("bad duration")
-            .to_string();
+        let err = refusal(&args);
         assert!(err.contains("TOKEND_ACCESS_TTL"), "{err}");
         assert!(err.contains("--access-ttl"), "names the real flag: {err}");
         assert!(!err.contains("ten minutes"), "{err}");
@@ -403,7 +407,7 @@ mod tests {
             redis_url: Some("http://user:s3cret-pw@host".into()),
             ..ServeArgs::default()
         };
-        let err = Config::from_args(&args).expect_err("bad url").to_string();
+        let err = refusal(&args);
         assert!(err.contains("TOKEND_REDIS_URL"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
     }
@@ -439,18 +443,14 @@ mod tests {
             access_ttl: Some("0".into()),
             ..ServeArgs::default()
         };
-        let err = Config::from_args(&args)
-            .expect_err("zero lifetime")
-            .to_string();
+        let err = refusal(&args);
         assert!(err.contains("above zero"), "{err}");
         // Each message states the range its own setting accepts.
         let args = ServeArgs {
             refresh_grace: Some("-1".into()),
             ..ServeArgs::default()
         };
-        let err = Config::from_args(&args)
-            .expect_err("negative grace")
-            .to_string();
+        let err = refusal(&args);
         assert!(err.contains("zero or more"), "{err}");
         assert!(!err.contains("above zero"), "{err}");
     }

@@ -63,12 +63,12 @@ function common.done(summary, latency, requests)
       total[k] = (total[k] or 0) + v
     end
   end
-  -- Requests sent only to keep a connection busy once its pool had lost every token
-  -- (counted as `none_<status>`) are not what the scenario measures: leave them out
-  -- of the request count and the throughput, and say how many there were.
+  -- Answers a script counts as `filler_<status>` (requests sent only to keep a
+  -- connection busy) are not what the scenario measures: leave them out of the
+  -- request count and the throughput, and say how many there were.
   local filler = 0
   for k, v in pairs(total) do
-    if k:match("^none_") then
+    if k:match("^filler_") then
       filler = filler + v
     end
   end
