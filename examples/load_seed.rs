@@ -239,6 +239,7 @@ async fn sessions_redis(seed: RedisSeed) {
         url: Secret::new(seed.redis_url.clone()),
         command_timeout: Duration::from_secs(5),
         pool_size: 4,
+        workers: Vec::new(),
     })
     .expect("valid Redis URL");
     assert!(

@@ -97,9 +97,12 @@ pub struct ServeArgs {
     /// Upper bound on one Redis command (default 500ms).
     #[arg(long, env = "TOKEND_REDIS_TIMEOUT")]
     pub redis_timeout: Option<String>,
-    /// Redis connections (default one per CPU, at most 4).
+    /// Redis connections (default one per worker thread).
     #[arg(long, env = "TOKEND_REDIS_POOL_SIZE")]
     pub redis_pool_size: Option<String>,
+    /// Threads serving requests, each with its own connections (default one per CPU).
+    #[arg(long, env = "TOKEND_WORKERS")]
+    pub workers: Option<String>,
     /// `iss` of access tokens (default `tokend`).
     #[arg(long, env = "TOKEND_ISSUER")]
     pub issuer: Option<String>,

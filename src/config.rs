@@ -33,8 +33,10 @@ pub struct Config {
     pub redis_url: Option<Secret>,
     /// Upper bound on one Redis command (default 500 ms).
     pub redis_timeout: Duration,
-    /// Redis connections (default 4).
+    /// Redis connections (default: one per worker).
     pub redis_pool_size: usize,
+    /// Threads serving requests (default: one per CPU).
+    pub workers: usize,
     /// `iss` claim (default `tokend`).
     pub issuer: String,
     /// `aud` claim (default `tokend`).
@@ -114,10 +116,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     (d <= MAX_DURATION).then_some(d)
 }
 
-/// One Redis connection per CPU, at most four: commands pipeline per connection, so
-/// fewer connections carry bigger batches for the same number of system calls.
-fn default_redis_pool_size() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4) as u32)
+/// One worker thread per CPU.
+fn default_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 64) as u32)
 }
 
 fn default_hash_concurrency() -> usize {
@@ -260,6 +261,12 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let issuer = field!(args.issuer, "TOKEND_ISSUER").text("tokend")?;
+        let workers = field!(args.workers, "TOKEND_WORKERS").number(
+            default_workers(),
+            1,
+            64,
+            "a whole number from 1 to 64",
+        )?;
         let web = WebConfig::from_args(
             &WebArgs {
                 cookie_suffix: args.cookie_suffix.as_deref(),
@@ -282,11 +289,12 @@ impl Config {
             redis_timeout: field!(args.redis_timeout, "TOKEND_REDIS_TIMEOUT")
                 .duration(Duration::from_millis(500), false)?,
             redis_pool_size: field!(args.redis_pool_size, "TOKEND_REDIS_POOL_SIZE").number(
-                default_redis_pool_size(),
+                workers,
                 1,
                 64,
                 "a whole number from 1 to 64",
             )? as usize,
+            workers: workers as usize,
             issuer,
             audience: field!(args.audience, "TOKEND_AUDIENCE").text("tokend")?,
             access_ttl: field!(args.access_ttl, "TOKEND_ACCESS_TTL")
@@ -410,6 +418,31 @@ mod tests {
         let err = refusal(&args);
         assert!(err.contains("TOKEND_REDIS_URL"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn redis_connections_default_to_one_per_worker() {
+        let args = ServeArgs {
+            workers: Some("3".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!((config.workers, config.redis_pool_size), (3, 3));
+        let args = ServeArgs {
+            workers: Some("3".into()),
+            redis_pool_size: Some("1".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!((config.workers, config.redis_pool_size), (3, 1));
+        for bad in ["0", "65", "two"] {
+            let err = refusal(&ServeArgs {
+                workers: Some(bad.into()),
+                ..ServeArgs::default()
+            });
+            assert!(err.contains("TOKEND_WORKERS"), "{bad}: {err}");
+            assert!(err.contains("from 1 to 64"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`token`]: access tokens (sign, verify, JWKS), refresh tokens, the keyring.
 //! - [`password`], [`email`]: credentials.
 //! - [`http`]: the HTTP API; [`app`] builds its router.
-//! - [`config`], [`cli`], [`serve`], [`telemetry`], [`metrics`]: running the service.
+//! - [`config`], [`cli`], [`serve`], [`worker`], [`telemetry`], [`metrics`]: running
+//!   the service.
 //! - [`clock`], [`ids`], [`secret`]: small shared types.
 
 pub mod cli;
@@ -26,5 +27,6 @@ pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod worker;
 
 pub use http::{AppState, app};

@@ -33,11 +33,7 @@ fn serve(args: &tokend::cli::ServeArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     tokend::telemetry::init(&config);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
-    };
-    match runtime.block_on(tokend::serve::run(config)) {
+    match tokend::serve::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

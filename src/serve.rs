@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -41,16 +42,33 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The worker threads or their runtimes could not be started.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),
 }
 
-/// Builds the app state (keyring, store, lifecycle) from configuration.
+/// Builds the app state (keyring, store, lifecycle) from configuration, with the Redis
+/// connections on the caller's runtime.
 ///
 /// # Errors
 /// [`StartError`] for an unusable keyring, Redis URL or argon2 setting.
 pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, StartError> {
+    build_state_on(config, clock, &[]).await
+}
+
+/// [`build_state`] with the Redis connections spread over the given worker runtimes,
+/// each worker's requests using its own (see [`crate::worker`]).
+///
+/// # Errors
+/// As [`build_state`].
+pub async fn build_state_on(
+    config: &Config,
+    clock: Clock,
+    workers: &[tokio::runtime::Handle],
+) -> Result<AppState, StartError> {
     let rng = ring::rand::SystemRandom::new();
     let keyring = match &config.keys {
         Some(path) => {
@@ -79,6 +97,7 @@ pub async fn build_state(config: &Config, clock: Clock) -> Result<AppState, Star
                 url: url.clone(),
                 command_timeout: config.redis_timeout,
                 pool_size: config.redis_pool_size,
+                workers: workers.to_vec(),
             })?;
             if !redis.wait_connected(Duration::from_secs(2)).await {
                 tracing::warn!("Redis is not reachable yet; serving 503 until it is");
@@ -226,6 +245,77 @@ pub async fn serve_http(
     idle_timeout: Duration,
     stop: impl std::future::Future<Output = ()> + Send,
 ) {
+    serve_incoming(Incoming::Listener(listener), app, idle_timeout, stop).await;
+}
+
+/// A connection accepted by [`dispatch`] and handed to a worker, with its peer.
+type Handed = (std::net::TcpStream, SocketAddr);
+
+/// Where a server's connections come from.
+enum Incoming {
+    /// Accepted here.
+    Listener(TcpListener),
+    /// Accepted elsewhere and handed over ([`dispatch`]); `open` counts this
+    /// worker's open connections, for the dispatcher's choice.
+    Handed {
+        from: tokio::sync::mpsc::Receiver<Handed>,
+        open: Arc<AtomicUsize>,
+    },
+}
+
+impl Incoming {
+    /// The next connection; `None` once no more can come.
+    async fn next(&mut self) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+        loop {
+            let (accepted, retry) = match self {
+                Self::Listener(listener) => (listener.accept().await, true),
+                Self::Handed { from, .. } => {
+                    let (stream, peer) = from.recv().await?;
+                    (
+                        tokio::net::TcpStream::from_std(stream).map(|s| (s, peer)),
+                        false,
+                    )
+                }
+            };
+            match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    if retry {
+                        // Out of descriptors or a connection reset before it was
+                        // taken: wait a moment rather than spin.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_counter(&self) -> Option<Arc<AtomicUsize>> {
+        match self {
+            Self::Listener(_) => None,
+            Self::Handed { open, .. } => Some(open.clone()),
+        }
+    }
+}
+
+/// Decrements a worker's open-connection count when its connection ends.
+struct OpenGuard(Option<Arc<AtomicUsize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(open) = &self.0 {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn serve_incoming(
+    mut incoming: Incoming,
+    app: axum::Router,
+    idle_timeout: Duration,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt as _;
 
@@ -237,18 +327,14 @@ pub async fn serve_http(
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before it was taken:
-                    // wait a moment rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            next = incoming.next() => match next {
+                Some(pair) => pair,
+                None => break,
             },
             () = &mut stop => break,
         };
+        // The dispatcher counted this connection in when it handed it over.
+        let open = OpenGuard(incoming.open_counter());
         let app = app.clone();
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -259,43 +345,109 @@ pub async fn serve_http(
             });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
         });
     }
-    drop(listener);
+    drop(incoming);
     graceful.shutdown().await;
 }
 
-/// Serves the API and metrics listeners until a shutdown signal, then drains.
+/// Accepts on `listener` until `stop` completes and hands each connection to the
+/// worker with the fewest open ones (the next in turn among equals). A connection stays
+/// on its worker for its whole life, so counting them keeps the workers' shares even;
+/// letting every worker accept on the socket instead gives a burst of new connections
+/// (a client opening its pool) to whichever worker wakes first.
+async fn dispatch(
+    listener: TcpListener,
+    workers: Vec<(tokio::sync::mpsc::Sender<Handed>, Arc<AtomicUsize>)>,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
+    let mut incoming = Incoming::Listener(listener);
+    let mut stop = std::pin::pin!(stop);
+    let mut turn = 0;
+    loop {
+        let (stream, peer) = tokio::select! {
+            next = incoming.next() => match next {
+                Some(pair) => pair,
+                None => break,
+            },
+            () = &mut stop => break,
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection over");
+                continue;
+            }
+        };
+        turn = (turn + 1) % workers.len();
+        let (to, open) = (0..workers.len())
+            .map(|k| &workers[(turn + k) % workers.len()])
+            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+            .expect("at least one worker");
+        open.fetch_add(1, Ordering::Relaxed);
+        if to.send((stream, peer)).await.is_err() {
+            // That worker stopped: only at shutdown.
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves the API on [`Config::workers`] worker threads and the metrics listener on
+/// the calling thread until a shutdown signal, then drains. Blocks until stopped.
 ///
 /// # Errors
 /// [`StartError`] if the state cannot be built or a port cannot be bound.
-pub async fn run(config: Config) -> Result<(), StartError> {
+pub fn run(config: Config) -> Result<(), StartError> {
+    let workers = crate::worker::Workers::start(config.workers).map_err(StartError::Runtime)?;
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let result = main.block_on(serve_on(config, workers.handles()));
+    // Stops the workers (and with them connections still open after the drain).
+    drop(workers);
+    result
+}
+
+async fn serve_on(config: Config, workers: &[tokio::runtime::Handle]) -> Result<(), StartError> {
     let shutdown = shutdown_signal();
     let handle = crate::metrics::install().map_err(StartError::Metrics)?;
-    let state = build_state(&config, Clock::System).await?;
+    let state = build_state_on(&config, Clock::System, workers).await?;
     let probe = tokio::spawn(probe_store(state.clone()));
     let api = bind(config.listen).await?;
     let metrics = bind(config.metrics_listen).await?;
     tracing::info!(
         api = %api.local_addr().map_or(config.listen, |a| a),
         metrics = %metrics.local_addr().map_or(config.metrics_listen, |a| a),
+        workers = workers.len(),
         "listening"
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut api_stop = stop_rx.clone();
+    let app = http::app(state);
+    let mut api_tasks = Vec::with_capacity(workers.len());
+    let mut to_workers = Vec::with_capacity(workers.len());
+    for worker in workers {
+        let (to, from) = tokio::sync::mpsc::channel(64);
+        let open = Arc::new(AtomicUsize::new(0));
+        to_workers.push((to, open.clone()));
+        let (app, mut stop, idle) = (app.clone(), stop_rx.clone(), config.idle_timeout);
+        let incoming = Incoming::Handed { from, open };
+        api_tasks.push(
+            worker.spawn(serve_incoming(incoming, app, idle, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })),
+        );
+    }
+    let mut dispatch_stop = stop_rx.clone();
+    let dispatcher = tokio::spawn(dispatch(api, to_workers, async move {
+        let _ = dispatch_stop.wait_for(|s| *s).await;
+    }));
     let mut metrics_stop = stop_rx;
-    let api_task = tokio::spawn(serve_http(
-        api,
-        http::app(state),
-        config.idle_timeout,
-        async move {
-            let _ = api_stop.wait_for(|s| *s).await;
-        },
-    ));
     let metrics_task = tokio::spawn(serve_http(
         metrics,
         http::metrics_app(handle),
@@ -313,7 +465,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     probe.abort();
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
-        let _ = api_task.await;
+        let _ = dispatcher.await;
+        for task in api_tasks {
+            let _ = task.await;
+        }
         let _ = metrics_task.await;
     })
     .await;

@@ -26,8 +26,13 @@ impl Drop for Running {
 }
 
 fn start(redis_url: &str, keys: &std::path::Path) -> Running {
+    start_with(redis_url, keys, &[])
+}
+
+fn start_with(redis_url: &str, keys: &std::path::Path, env: &[(&str, &str)]) -> Running {
     let (api, metrics) = (free_port(), free_port());
     let child = Command::new(BIN)
+        .envs(env.iter().copied())
         .env("TOKEND_LISTEN", format!("127.0.0.1:{api}"))
         .env("TOKEND_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
         .env("TOKEND_REDIS_URL", redis_url)
@@ -238,6 +243,7 @@ fn bad_configuration_exits_with_one_line_naming_the_variable() {
         ("TOKEND_REDIS_URL", "http://admin:hunter2secret@redis:6379"),
         ("TOKEND_REFRESH_GRACE", "-1"),
         ("TOKEND_REGISTRATION", "maybe"),
+        ("TOKEND_WORKERS", "0"),
     ];
     for (var, value) in cases {
         let out = Command::new(BIN)
@@ -261,4 +267,68 @@ fn bad_configuration_exits_with_one_line_naming_the_variable() {
         .expect("run tokend");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TOKEND_KEYS"));
+}
+
+/// CPU time (clock ticks) of each of the process's `tokend-worker-*` threads.
+fn worker_cpu_ticks(pid: u32) -> Vec<u64> {
+    let mut ticks = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.starts_with("tokend-worker-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // Fields after the parenthesised name: state is 3rd, utime 14th, stime 15th.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .expect("fields after the name")
+            .split_whitespace()
+            .collect();
+        let tick = |i: usize| fields[i].parse::<u64>().expect("a tick count");
+        ticks.push(tick(11) + tick(12));
+    }
+    ticks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_worker_threads() {
+    let redis = RedisServer::private();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = common::generate_keys(dir.path());
+    let server = start_with(&redis.url, &keys, &[("TOKEND_WORKERS", "3")]);
+    assert_eq!(
+        worker_cpu_ticks(server.child.id()).len(),
+        3,
+        "three workers"
+    );
+
+    // Six keep-alive connections, opened together, each busy with its own requests.
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client");
+            let url = format!("{}/.well-known/jwks.json", server.api);
+            tokio::spawn(async move {
+                for _ in 0..3_000 {
+                    let r = http.get(&url).send().await.expect("request");
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.expect("body");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client task");
+    }
+    let ticks = worker_cpu_ticks(server.child.id());
+    let total: u64 = ticks.iter().sum();
+    assert!(total > 0, "{ticks:?}");
+    // Two connections each: every worker carries a real share, none carries it all.
+    for t in &ticks {
+        assert!(*t * 8 >= total, "one worker starved: {ticks:?}");
+    }
 }

@@ -304,3 +304,68 @@ async fn sessions_indexed_by_an_earlier_build_are_listed_and_revoked() {
     assert!(!live(&carol, &ids[0]) && !live(&carol, &ids[1]));
     assert_eq!(redis.cli(&["EXISTS", &legacy]).trim(), "0");
 }
+
+#[test]
+fn each_worker_sends_through_its_own_connections_while_they_are_up() {
+    use fred::prelude::*;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use tokend::store::redis::{RedisSettings, RedisStore};
+
+    let redis = RedisServer::private();
+    let workers = tokend::worker::Workers::start(2).expect("workers");
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Error reporting runs on the caller's runtime, the connections on the workers'.
+    let _control = control.enter();
+    let store = Arc::new(
+        RedisStore::connect(&RedisSettings {
+            url: tokend::secret::Secret::new(redis.url.clone()),
+            command_timeout: Duration::from_secs(2),
+            pool_size: 4,
+            workers: workers.handles().to_vec(),
+        })
+        .expect("valid URL"),
+    );
+    assert!(control.block_on(store.wait_connected(Duration::from_secs(10))));
+    let ids: Vec<String> = store
+        .pool()
+        .clients()
+        .iter()
+        .map(|c| c.id().to_owned())
+        .collect();
+    // The clients each command from a task on `worker` went through.
+    let used_by = |worker: usize| -> BTreeSet<String> {
+        let store = store.clone();
+        control
+            .block_on(workers.handles()[worker].spawn(async move {
+                let mut used = BTreeSet::new();
+                for _ in 0..6 {
+                    let client = store.client();
+                    client.ping::<()>(None).await.expect("ping");
+                    used.insert(client.id().to_owned());
+                }
+                used
+            }))
+            .expect("task")
+    };
+    let set = |of: &[usize]| of.iter().map(|&i| ids[i].clone()).collect::<BTreeSet<_>>();
+
+    // Connection i belongs to worker i % 2, and a worker spreads over its own.
+    assert_eq!(used_by(0), set(&[0, 2]));
+    assert_eq!(used_by(1), set(&[1, 3]));
+
+    // A worker whose connections are down borrows the others'.
+    control.block_on(async {
+        for i in [0, 2] {
+            store.pool().clients()[i].quit().await.expect("quit");
+        }
+    });
+    let borrowed = used_by(0);
+    assert!(
+        !borrowed.is_empty() && borrowed.is_subset(&set(&[1, 3])),
+        "{borrowed:?}"
+    );
+}

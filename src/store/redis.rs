@@ -43,6 +43,10 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// Number of multiplexed connections.
     pub pool_size: usize,
+    /// The worker runtimes ([`crate::worker`]) the connections run on, connection `i`
+    /// on `workers[i % workers.len()]`, each used by its own worker's requests; empty:
+    /// all on the caller's runtime, shared by every task.
+    pub workers: Vec<tokio::runtime::Handle>,
 }
 
 struct Scripts {
@@ -87,6 +91,13 @@ impl Scripts {
 pub struct RedisStore {
     pool: Pool,
     scripts: Scripts,
+    /// How many worker runtimes the connections are spread over (0: none).
+    workers: usize,
+}
+
+thread_local! {
+    /// Round-robin position among the calling worker's own connections.
+    static NEXT_OWN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Why the store could not be set up.
@@ -246,11 +257,44 @@ impl RedisStore {
             .build_pool(settings.pool_size.max(1))
             .map_err(|_| InvalidRedisUrl)?;
         report_connection_errors(&pool);
-        pool.connect_pool();
+        if settings.workers.is_empty() {
+            pool.connect_pool();
+        } else {
+            for (i, client) in pool.clients().iter().enumerate() {
+                // fred spawns the connection's task on the current runtime.
+                let _worker = settings.workers[i % settings.workers.len()].enter();
+                client.connect();
+            }
+        }
         Ok(Self {
             pool,
             scripts: Scripts::new(),
+            workers: settings.workers.len(),
         })
+    }
+
+    /// The client a command from the calling task goes through: one of the calling
+    /// worker's own connections (those whose task runs on the same thread), round-robin
+    /// among them; otherwise (a caller that is not a worker, more workers than
+    /// connections, or the worker's own connections down) any connected one.
+    pub fn client(&self) -> &Client {
+        if let Some(worker) = crate::worker::current().filter(|_| self.workers > 0) {
+            let clients = self.pool.clients();
+            let first = worker % self.workers;
+            let own = clients.len().saturating_sub(first).div_ceil(self.workers);
+            let start = NEXT_OWN.with(|n| {
+                let v = n.get();
+                n.set(v.wrapping_add(1));
+                v
+            });
+            for k in 0..own {
+                let client = &clients[first + ((start + k) % own) * self.workers];
+                if client.is_connected() {
+                    return client;
+                }
+            }
+        }
+        self.pool.next_connected()
     }
 
     /// Waits up to `timeout` for the first connection; `false` if it did not come.
@@ -272,7 +316,7 @@ impl RedisStore {
         args: Vec<Value>,
     ) -> StoreResult<R> {
         script
-            .evalsha_with_reload(self.pool.next_connected(), keys, args)
+            .evalsha_with_reload(self.client(), keys, args)
             .await
             .map_err(unavailable_or_protocol)
     }
@@ -283,7 +327,7 @@ impl SessionStore for RedisStore {
         // The user record first, then the email claim: a crash in between leaves an
         // unreachable record, never an email that points nowhere.
         let key = user_key(&user.id);
-        let client = self.pool.next_connected();
+        let client = self.client();
         client
             .hset::<(), _, _>(
                 &key,
@@ -316,8 +360,7 @@ impl SessionStore for RedisStore {
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
         let id: Option<String> = self
-            .pool
-            .next_connected()
+            .client()
             .get(email_key(email))
             .await
             .map_err(unavailable_or_protocol)?;
@@ -329,8 +372,7 @@ impl SessionStore for RedisStore {
 
     async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {
         let (email, hash): (Option<String>, Option<String>) = self
-            .pool
-            .next_connected()
+            .client()
             .hmget(user_key(id), vec!["e", "p"])
             .await
             .map_err(unavailable_or_protocol)?;
@@ -545,8 +587,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.pool
-            .next_connected()
+        self.client()
             .ping::<()>(None)
             .await
             .map_err(unavailable_or_protocol)

@@ -192,6 +192,7 @@ pub async fn connected_store(url: &str) -> tokend::store::redis::RedisStore {
         url: tokend::secret::Secret::new(url.to_owned()),
         command_timeout: Duration::from_secs(2),
         pool_size: 2,
+        workers: Vec::new(),
     })
     .expect("valid Redis URL");
     assert!(

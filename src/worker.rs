@@ -1,0 +1,116 @@
+//! Worker threads, each running its own single-threaded tokio runtime.
+//!
+//! A request is served from accept to answer on one thread, and so are the Redis
+//! connections that thread uses: the handler, fred's connection task and the socket
+//! reads all wake each other on the same thread, with no hand-over between CPUs. A
+//! work-stealing runtime moves woken tasks between threads instead, and on a virtual
+//! machine every such wake-up of a parked thread is an interrupt between CPUs.
+//!
+//! One acceptor hands each new connection to the worker with the fewest open ones
+//! ([`crate::serve::run`]).
+
+use std::cell::Cell;
+
+use tokio::runtime::{Builder, Handle};
+use tokio::sync::oneshot;
+
+thread_local! {
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the worker the calling thread is, if it is one.
+pub fn current() -> Option<usize> {
+    CURRENT.with(Cell::get)
+}
+
+/// Running worker threads. Dropping this stops them: tasks still on their runtimes
+/// are cancelled.
+pub struct Workers {
+    handles: Vec<Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads, idle until work is spawned on their
+    /// [`handles`](Self::handles).
+    ///
+    /// # Errors
+    /// The OS error if a runtime or a thread cannot be created.
+    pub fn start(count: usize) -> std::io::Result<Self> {
+        let mut workers = Self {
+            handles: Vec::with_capacity(count),
+            stops: Vec::with_capacity(count),
+            threads: Vec::with_capacity(count),
+        };
+        for index in 0..count.max(1) {
+            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            workers.handles.push(runtime.handle().clone());
+            workers.stops.push(stop);
+            workers.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tokend-worker-{index}"))
+                    .spawn(move || {
+                        CURRENT.with(|c| c.set(Some(index)));
+                        // Runs what is spawned on this runtime until told to stop
+                        // (or until `Workers` is dropped, which drops the sender).
+                        runtime.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    })?,
+            );
+        }
+        Ok(workers)
+    }
+
+    /// The workers' runtimes, in worker order.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_run_on_the_worker_they_were_spawned_on() {
+        let workers = Workers::start(3).expect("workers");
+        let seen: Vec<Option<usize>> = workers
+            .handles()
+            .iter()
+            .map(|h| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                h.spawn(async move { tx.send(current()).expect("receiver") });
+                rx.recv().expect("answer")
+            })
+            .collect();
+        assert_eq!(seen, [Some(0), Some(1), Some(2)]);
+        assert_eq!(current(), None, "the caller is not a worker");
+    }
+
+    #[test]
+    fn dropping_the_workers_stops_their_threads() {
+        let workers = Workers::start(2).expect("workers");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // A task that never finishes holds the sender; cancelling it drops the sender.
+        workers.handles()[1].spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(workers);
+        assert!(rx.recv().is_err(), "the pending task was cancelled");
+    }
+}
