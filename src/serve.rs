@@ -1,6 +1,7 @@
 //! Builds the running service from a [`Config`] and serves it until SIGTERM or
 //! Ctrl-C, then drains in-flight requests within the shutdown timeout.
 
+use std::future::pending;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -267,24 +268,25 @@ impl Incoming {
     /// The next connection; `None` once no more can come.
     async fn next(&mut self) -> Option<(tokio::net::TcpStream, SocketAddr)> {
         loop {
-            let (accepted, retry) = match self {
-                Self::Listener(listener) => (listener.accept().await, true),
-                Self::Handed { from, .. } => {
-                    let (stream, peer) = from.recv().await?;
-                    (
-                        tokio::net::TcpStream::from_std(stream).map(|s| (s, peer)),
-                        false,
-                    )
-                }
-            };
-            match accepted {
-                Ok(pair) => return Some(pair),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    if retry {
+            match self {
+                Self::Listener(listener) => match listener.accept().await {
+                    Ok(pair) => return Some(pair),
+                    Err(e) => {
                         // Out of descriptors or a connection reset before it was
                         // taken: wait a moment rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Self::Handed { from, open } => {
+                    let (stream, peer) = from.recv().await?;
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => return Some((stream, peer)),
+                        Err(e) => {
+                            // The dispatcher counted it in; it closes here.
+                            open.fetch_sub(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "a worker cannot take a connection");
+                        }
                     }
                 }
             }
@@ -355,6 +357,69 @@ async fn serve_incoming(
     graceful.shutdown().await;
 }
 
+/// Hands `connection` to the worker with the fewest open connections whose queue has
+/// room (ties go to the first from `turn` on), waiting only when every queue is full.
+/// `false` if no worker takes connections any more.
+async fn hand_over(
+    workers: &[(tokio::sync::mpsc::Sender<Handed>, Arc<AtomicUsize>)],
+    turn: usize,
+    mut connection: Handed,
+) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    let mut order: Vec<_> = (0..workers.len())
+        .map(|k| &workers[(turn + k) % workers.len()])
+        .collect();
+    order.sort_by_key(|(_, open)| open.load(Ordering::Relaxed));
+    for (to, open) in &order {
+        open.fetch_add(1, Ordering::Relaxed);
+        match to.try_send(connection) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back) | TrySendError::Closed(back)) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                connection = back;
+            }
+        }
+    }
+    for (to, open) in &order {
+        open.fetch_add(1, Ordering::Relaxed);
+        match to.send(connection).await {
+            Ok(()) => return true,
+            Err(back) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                connection = back.0;
+            }
+        }
+    }
+    false
+}
+
+/// Runs [`dispatch`] on a thread of its own, so that accepting never waits behind the
+/// metrics listener or the store probe; the receiver resolves when it has stopped.
+fn spawn_acceptor(
+    listener: std::net::TcpListener,
+    workers: Vec<(tokio::sync::mpsc::Sender<Handed>, Arc<AtomicUsize>)>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<()>, StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let (stopped, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tokend-accept".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => dispatch(listener, workers, stop).await,
+                    Err(e) => tracing::error!(error = %e, "cannot accept on the API listener"),
+                }
+            });
+            let _ = stopped.send(());
+        })
+        .map_err(StartError::Runtime)?;
+    Ok(done)
+}
+
 /// Accepts on `listener` until `stop` completes and hands each connection to the
 /// worker with the fewest open ones (the next in turn among equals). A connection stays
 /// on its worker for its whole life, so counting them keeps the workers' shares even;
@@ -384,23 +449,20 @@ async fn dispatch(
             }
         };
         turn = (turn + 1) % workers.len();
-        let (to, open) = (0..workers.len())
-            .map(|k| &workers[(turn + k) % workers.len()])
-            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
-            .expect("at least one worker");
-        open.fetch_add(1, Ordering::Relaxed);
-        if to.send((stream, peer)).await.is_err() {
-            // That worker stopped: only at shutdown.
-            open.fetch_sub(1, Ordering::Relaxed);
+        if !hand_over(&workers, turn, (stream, peer)).await {
+            tracing::error!("no worker takes connections; closing the API listener");
+            return;
         }
     }
 }
 
-/// Serves the API on [`Config::workers`] worker threads and the metrics listener on
-/// the calling thread until a shutdown signal, then drains. Blocks until stopped.
+/// Serves the API on [`Config::workers`] worker threads (see [`crate::worker`]), fed
+/// by an acceptor thread, and the metrics listener on the calling thread, until a
+/// shutdown signal; then drains. Blocks until stopped.
 ///
 /// # Errors
-/// [`StartError`] if the state cannot be built or a port cannot be bound.
+/// [`StartError`] if the threads or the metrics recorder cannot be set up, the state
+/// cannot be built or a port cannot be bound.
 pub fn run(config: Config) -> Result<(), StartError> {
     let workers = crate::worker::Workers::start(config.workers).map_err(StartError::Runtime)?;
     let main = tokio::runtime::Builder::new_current_thread()
@@ -418,7 +480,12 @@ async fn serve_on(config: Config, workers: &[tokio::runtime::Handle]) -> Result<
     let handle = crate::metrics::install().map_err(StartError::Metrics)?;
     let state = build_state_on(&config, Clock::System, workers).await?;
     let probe = tokio::spawn(probe_store(state.clone()));
-    let api = bind(config.listen).await?;
+    let api = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let metrics = bind(config.metrics_listen).await?;
     tracing::info!(
         api = %api.local_addr().map_or(config.listen, |a| a),
@@ -435,18 +502,16 @@ async fn serve_on(config: Config, workers: &[tokio::runtime::Handle]) -> Result<
         let (to, from) = tokio::sync::mpsc::channel(64);
         let open = Arc::new(AtomicUsize::new(0));
         to_workers.push((to, open.clone()));
-        let (app, mut stop, idle) = (app.clone(), stop_rx.clone(), config.idle_timeout);
+        // A worker stops taking connections when the acceptor stops handing them
+        // over (it drops the senders), after serving every one already handed over.
         let incoming = Incoming::Handed { from, open };
-        api_tasks.push(
-            worker.spawn(serve_incoming(incoming, app, idle, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })),
-        );
+        let served = serve_incoming(incoming, app.clone(), config.idle_timeout, pending());
+        api_tasks.push(worker.spawn(served));
     }
     let mut dispatch_stop = stop_rx.clone();
-    let dispatcher = tokio::spawn(dispatch(api, to_workers, async move {
+    let dispatcher = spawn_acceptor(api, to_workers, async move {
         let _ = dispatch_stop.wait_for(|s| *s).await;
-    }));
+    })?;
     let mut metrics_stop = stop_rx;
     let metrics_task = tokio::spawn(serve_http(
         metrics,

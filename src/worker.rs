@@ -1,13 +1,16 @@
 //! Worker threads, each running its own single-threaded tokio runtime.
 //!
-//! A request is served from accept to answer on one thread, and so are the Redis
-//! connections that thread uses: the handler, fred's connection task and the socket
-//! reads all wake each other on the same thread, with no hand-over between CPUs. A
-//! work-stealing runtime moves woken tasks between threads instead, and on a virtual
-//! machine every such wake-up of a parked thread is an interrupt between CPUs.
+//! A connection, once accepted, is served on one worker for its whole life, and so
+//! are the Redis connections that worker uses: the handler, fred's connection task and
+//! the socket reads wake each other on the same thread, with no hand-over between
+//! CPUs. A work-stealing runtime moves woken tasks between threads instead, and on a
+//! virtual machine every such wake-up of a parked thread is an interrupt between CPUs.
+//! (A worker borrows another's Redis connection only while its own are down or when
+//! there are fewer connections than workers; password hashing runs on the blocking
+//! threads of the worker's runtime.)
 //!
-//! One acceptor hands each new connection to the worker with the fewest open ones
-//! ([`crate::serve::run`]).
+//! An acceptor thread hands each new connection to the worker with the fewest open
+//! ones ([`crate::serve::run`]).
 
 use std::cell::Cell;
 
@@ -24,7 +27,8 @@ pub fn current() -> Option<usize> {
 }
 
 /// Running worker threads. Dropping this stops them: tasks still on their runtimes
-/// are cancelled.
+/// are cancelled, and the drop waits for blocking tasks they started (a password hash
+/// in progress) to finish.
 pub struct Workers {
     handles: Vec<Handle>,
     stops: Vec<oneshot::Sender<()>>,

@@ -297,7 +297,8 @@ impl RedisStore {
         self.pool.next_connected()
     }
 
-    /// Waits up to `timeout` for the first connection; `false` if it did not come.
+    /// Waits up to `timeout` for every connection of the pool; `false` if one did not
+    /// come (or failed).
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, self.pool.wait_for_connect())
             .await
