@@ -9,12 +9,14 @@
 #
 # Environment: ROUNDS (default 3), DURATION seconds per run (default 10), SESSIONS
 # (1024), CONNECTIONS (64), RATE (requests/s the whole run offers, paced as in run.sh's
-# half-rate scenario; default 0: closed loop), MODE=refresh (private Redis, default) or
-# ceiling (embedded store), MODE_1, MODE_2, ... (one label's mode, so that ceiling and
-# Redis runs alternate: `MODE_1=ceiling MODE_2=refresh compare.sh BIN BIN` gives the
-# refresh/ceiling ratio from interleaved medians), SEED_BIN (default: the release build
-# of examples/load_seed.rs, built or found up to date first). Everything listens on
-# 127.0.0.1 and stops by itself.
+# half-rate scenario; default 0: closed loop), MODE=refresh (private Redis, default),
+# ceiling (embedded store) or flood (refresh on Redis while 8 connections log in at
+# the default argon2id cost, as run.sh's flood scenario; give a RATE), MODE_1, MODE_2,
+# ... (one label's mode, so that runs alternate: `MODE_1=ceiling MODE_2=refresh
+# compare.sh BIN BIN` gives the refresh/ceiling ratio from interleaved medians,
+# `RATE=5000 MODE_1=refresh MODE_2=flood` the flood/quiet p99), SEED_BIN (default: the
+# release build of examples/load_seed.rs, built or found up to date first). Everything
+# listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -62,7 +64,7 @@ one_run() {
   shift
   rport=$(free_port); port=$(free_port); mport=$(free_port)
   "$bin" keys generate --out "$WORK/keys.json" --force >/dev/null
-  if [ "$MODE" = refresh ]; then
+  if [ "$MODE" != ceiling ]; then
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
       --logfile "$WORK/redis.log" &
     PIDS+=($!)
@@ -76,12 +78,21 @@ one_run() {
   local pid=$!
   PIDS+=("$pid")
   for i in $(seq 1 100); do "$bin" healthcheck --listen "127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
-  if [ "$MODE" = refresh ]; then
+  if [ "$MODE" != ceiling ]; then
     "$SEED_BIN" sessions-redis --redis-url "redis://127.0.0.1:$rport" --keys "$WORK/keys.json" \
       --count "$SESSIONS" --out "$WORK/tokens" --user-agent "$UA" 2>/dev/null
   else
     "$SEED_BIN" sessions-http --base "http://127.0.0.1:$port" --count "$SESSIONS" \
       --out "$WORK/tokens" 2>/dev/null
+  fi
+  if [ "$MODE" = flood ]; then
+    # Default-cost logins from 8 connections keep the password-hashing pool saturated
+    # from before the refresh run starts until after it ends.
+    "$SEED_BIN" users --base "http://127.0.0.1:$port" --count 64 --out "$WORK/users" 2>/dev/null
+    wrk -t1 -c8 -d"$((DURATION + 3))s" --timeout 10s -s "$HERE/lua/login.lua" \
+      "http://127.0.0.1:$port" -- "$WORK/users" 1 >"$WORK/login.txt" 2>&1 &
+    PIDS+=($!)
+    sleep 1.5
   fi
   wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s "$HERE/lua/sessions.lua" \
     "http://127.0.0.1:$port" -- "$WORK/tokens" "$CONNECTIONS" 2 "$RATE" >"$WORK/wrk.txt" 2>&1 || true

@@ -48,7 +48,12 @@ impl Workers {
             threads: Vec::with_capacity(count),
         };
         for index in 0..count.max(1) {
-            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let runtime = Builder::new_current_thread()
+                .enable_all()
+                // Runs on the runtime's blocking threads only: the worker is this
+                // thread, not one the runtime starts.
+                .on_thread_start(lower_blocking_priority)
+                .build()?;
             let (stop, stopped) = oneshot::channel::<()>();
             workers.handles.push(runtime.handle().clone());
             workers.stops.push(stop);
@@ -71,6 +76,30 @@ impl Workers {
     /// The workers' runtimes, in worker order.
     pub fn handles(&self) -> &[Handle] {
         &self.handles
+    }
+}
+
+/// The nice value the workers' blocking threads run at (password hashing, the reuse
+/// walk): lower priority than the workers, so that a login flood runs on CPU time the
+/// requests leave idle rather than on theirs, and refreshes keep their latency while
+/// logins queue. Hashing still gets every idle CPU, and about a tenth of a busy one.
+pub const BLOCKING_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`BLOCKING_NICE`], never raises it. Linux
+/// keeps a nice value per thread, so no other thread is touched. Failure leaves the
+/// thread as it was: only the latency of requests during a login flood depends on it.
+fn lower_blocking_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        match getpriority_process(None) {
+            Ok(nice) if nice < BLOCKING_NICE => {
+                if let Err(e) = setpriority_process(None, BLOCKING_NICE) {
+                    tracing::debug!(error = %e, "cannot lower a blocking thread's priority");
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -103,6 +132,29 @@ mod tests {
             .collect();
         assert_eq!(seen, [Some(0), Some(1), Some(2)]);
         assert_eq!(current(), None, "the caller is not a worker");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn blocking_work_runs_below_the_workers_priority() {
+        use rustix::process::getpriority_process;
+        let workers = Workers::start(1).expect("workers");
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.handles()[0].spawn(async move {
+            let worker = getpriority_process(None).expect("nice");
+            let blocking = tokio::task::spawn_blocking(|| getpriority_process(None))
+                .await
+                .expect("blocking task")
+                .expect("nice");
+            tx.send((worker, blocking)).expect("receiver");
+        });
+        let (worker, blocking) = rx.recv().expect("answer");
+        assert_eq!(blocking, worker.max(BLOCKING_NICE), "worker at {worker}");
+        assert_eq!(
+            getpriority_process(None).expect("nice"),
+            worker,
+            "the caller keeps its priority"
+        );
     }
 
     #[test]
