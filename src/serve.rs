@@ -293,6 +293,17 @@ impl Incoming {
         }
     }
 
+    /// [`next`](Self::next), or `None` as soon as `stop` completes.
+    async fn next_before(
+        &mut self,
+        stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+        tokio::select! {
+            next = self.next() => next,
+            () = stop => None,
+        }
+    }
+
     fn open_counter(&self) -> Option<Arc<AtomicUsize>> {
         match self {
             Self::Listener(_) => None,
@@ -327,14 +338,7 @@ async fn serve_incoming(
         .header_read_timeout(idle_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            next = incoming.next() => match next {
-                Some(pair) => pair,
-                None => break,
-            },
-            () = &mut stop => break,
-        };
+    while let Some((stream, peer)) = incoming.next_before(stop.as_mut()).await {
         // The dispatcher counted this connection in when it handed it over.
         let open = OpenGuard(incoming.open_counter());
         let app = app.clone();
@@ -433,14 +437,7 @@ async fn dispatch(
     let mut incoming = Incoming::Listener(listener);
     let mut stop = std::pin::pin!(stop);
     let mut turn = 0;
-    loop {
-        let (stream, peer) = tokio::select! {
-            next = incoming.next() => match next {
-                Some(pair) => pair,
-                None => break,
-            },
-            () = &mut stop => break,
-        };
+    while let Some((stream, peer)) = incoming.next_before(stop.as_mut()).await {
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
