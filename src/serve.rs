@@ -410,7 +410,7 @@ fn spawn_acceptor(
         .map_err(StartError::Runtime)?;
     let (stopped, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("tokend-accept".into())
+        .name("acceptor".into())
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {

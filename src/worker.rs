@@ -6,11 +6,14 @@
 //! CPUs. A work-stealing runtime moves woken tasks between threads instead, and on a
 //! virtual machine every such wake-up of a parked thread is an interrupt between CPUs.
 //! (A worker borrows another's Redis connection only while its own are down or when
-//! there are fewer connections than workers; password hashing runs on the blocking
-//! threads of the worker's runtime.)
+//! there are fewer connections than workers. Password hashing, the reuse walk and
+//! the resolution of Redis's host name run on the worker runtime's blocking threads,
+//! started when needed and ended after 10 s idle.)
 //!
 //! An acceptor thread hands each new connection to the worker with the fewest open
-//! ones ([`crate::serve::run`]).
+//! ones ([`crate::serve::run`]). Threads are named `worker-<n>`, `acceptor` and
+//! `blocking-<n>` (blocking threads of worker `n`), as `top -H` shows them; the names
+//! stay within the 15 bytes Linux keeps of one.
 
 use std::cell::Cell;
 
@@ -50,6 +53,7 @@ impl Workers {
         for index in 0..count.max(1) {
             let runtime = Builder::new_current_thread()
                 .enable_all()
+                .thread_name(format!("blocking-{index}"))
                 // Runs on the runtime's blocking threads only: the worker is this
                 // thread, not one the runtime starts.
                 .on_thread_start(lower_blocking_priority)
@@ -59,7 +63,7 @@ impl Workers {
             workers.stops.push(stop);
             workers.threads.push(
                 std::thread::Builder::new()
-                    .name(format!("tokend-worker-{index}"))
+                    .name(format!("worker-{index}"))
                     .spawn(move || {
                         CURRENT.with(|c| c.set(Some(index)));
                         // Runs what is spawned on this runtime until told to stop

@@ -269,13 +269,13 @@ fn bad_configuration_exits_with_one_line_naming_the_variable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("TOKEND_KEYS"));
 }
 
-/// CPU time (clock ticks) of each of the process's `tokend-worker-*` threads.
+/// CPU time (clock ticks) of each of the process's `worker-*` threads.
 fn worker_cpu_ticks(pid: u32) -> Vec<u64> {
     let mut ticks = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let dir = task.expect("task").path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !name.starts_with("tokend-worker-") {
+        if !name.starts_with("worker-") {
             continue;
         }
         let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");

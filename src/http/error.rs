@@ -2,6 +2,8 @@
 //! `{"error": code, "message": sentence}` with the status of the contract's table.
 //! Internal detail goes to the log, never into a body.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -131,11 +133,58 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Seconds between two warnings that the store is unavailable. An outage fails every
+/// request; one warning per request would flood the log with the same line, so the
+/// others go to debug and the next warning says how many there were.
+const UNAVAILABLE_WARN_EVERY_S: u64 = 10;
+
+static UNAVAILABLE_LOG: LogThrottle = LogThrottle::new();
+
+/// Lets one warning through per [`UNAVAILABLE_WARN_EVERY_S`], counting the rest.
+struct LogThrottle {
+    last_s: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl LogThrottle {
+    const fn new() -> Self {
+        Self {
+            last_s: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(calls held back since the last warning)` if this one is to warn.
+    fn pass(&self, now_s: u64) -> Option<u64> {
+        let last = self.last_s.load(Ordering::Relaxed);
+        if now_s.saturating_sub(last) >= UNAVAILABLE_WARN_EVERY_S
+            && self
+                .last_s
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.skipped.swap(0, Ordering::Relaxed));
+        }
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "session store unavailable");
+                let now_s = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                match UNAVAILABLE_LOG.pass(now_s) {
+                    Some(skipped) => tracing::warn!(
+                        error = %detail,
+                        unlogged_since_last = skipped,
+                        "session store unavailable"
+                    ),
+                    None => tracing::debug!(error = %detail, "session store unavailable"),
+                }
                 ApiError::Unavailable
             }
             StoreError::Protocol(detail) => {
@@ -166,5 +215,24 @@ impl From<LifecycleError> for ApiError {
                 ApiError::Internal
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_warns_once_per_period_and_counts_the_rest() {
+        let throttle = LogThrottle::new();
+        assert_eq!(throttle.pass(1_000), Some(0), "the first failure warns");
+        assert_eq!(throttle.pass(1_001), None);
+        assert_eq!(throttle.pass(1_009), None);
+        assert_eq!(
+            throttle.pass(1_000 + UNAVAILABLE_WARN_EVERY_S),
+            Some(2),
+            "the next warning counts the failures logged at debug"
+        );
+        assert_eq!(throttle.pass(1_000 + UNAVAILABLE_WARN_EVERY_S), None);
     }
 }
