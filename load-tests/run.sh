@@ -290,6 +290,14 @@ sample_rss() { # sample_rss PID FILE: VmRSS in KiB every 0.5 s until killed
 }
 
 UA="Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+# One core's speed, independent of tokend: the same machine type has run these
+# scenarios at less than half its usual speed when its host was busy, and this figure
+# tells such a run apart from a slower tokend.
+signs_per_s() {
+  command -v openssl >/dev/null || { echo "n/a"; return; }
+  openssl speed -seconds 1 ed25519 2>/dev/null | awk '/Ed25519/ { printf "%.0f", $(NF - 1) }'
+}
+START_SPEED=$(signs_per_s)
 START_LOAD=$(cat /proc/loadavg)
 START_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 "$TOKEND_BIN" keys generate --out "$WORK/keys.json" >/dev/null
@@ -393,6 +401,36 @@ run_wrk refresh_half "$CONNECTIONS" "$THREADS" "$SHORT" sessions.lua "$BASE" \
 refresh_histogram "$WORK/hist.after"
 server_share refresh_half "$WORK/hist.before" "$WORK/hist.after"
 
+# With PROFILE=1, the paced load once more under `perf sched`: how long each woken
+# thread waited for a CPU. A refresh takes four such wake-ups (tokend on the request,
+# Redis on the script, tokend on the reply, wrk on the answer), so their tail is the
+# paced p99's. A run of its own, as recording every context switch has a cost.
+if [ "${PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
+  drop_sessions
+  seed_redis_sessions "$WORK/sched.tokens"
+  log "profiling: paced refresh again, ${SHORT}s under perf sched (not in the report's table)"
+  perf sched record -a -o "$RAW/sched.data" -- sleep "$SHORT" 2>"$RAW/sched-record.log" &
+  PERF=$!
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SHORT}s" --timeout 5s -s "$LUA/sessions.lua" \
+    "$BASE" -- "$WORK/sched.tokens" "$CONNECTIONS" "$THREADS" "$HALF_RATE" \
+    >"$RAW/refresh_half-sched.txt" 2>&1
+  wait "$PERF" || true
+  R[sched.p99_us]=$(grep '^RESULT ' "$RAW/refresh_half-sched.txt" | tr ' ' '\n' |
+    awk -F= '$1 == "p99_us" { print $2 }' || true)
+  # One line per wake-up: the thread's name without its number (worker-0 -> worker)
+  # and its scheduling delay in ms.
+  perf sched timehist -i "$RAW/sched.data" 2>/dev/null | awk '$1 ~ /^[0-9]+\.[0-9]+$/ && NF >= 6 {
+    name = $3; for (i = 4; i <= NF - 3; i++) name = name " " $i
+    sub(/\[[0-9\/]+\]$/, "", name); sub(/-[0-9]+$/, "", name)
+    print name "\t" $(NF - 1) }' >"$WORK/delays" || true
+  for task in worker acceptor redis-server wrk; do
+    awk -F'\t' -v t="$task" '$1 == t { print $2 }' "$WORK/delays" | sort -n |
+      awk -v t="$task" '{ v[NR] = $1; if ($1 > 0.5) slow++ }
+        END { if (NR >= 20) printf "| %s | %d | %.3f | %.3f | %.3f | %.3f | %.1f%% |\n", t, NR,
+          v[int(NR * 0.5) + 1], v[int(NR * 0.9) + 1], v[int(NR * 0.99) + 1], v[NR], 100 * slow / NR }'
+  done >"$WORK/sched-rows"
+fi
+
 # The same paced load at an eighth of that rate (a sixteenth of saturation): where idle
 # threads are slow to wake, latency grows as the load falls, which this row shows.
 drop_sessions
@@ -447,6 +485,7 @@ stop_tokend
 
 # --- report -----------------------------------------------------------------------------
 END_LOAD=$(cat /proc/loadavg)
+END_SPEED=$(signs_per_s)
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 memtotal=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 rustc_v=$(rustc -V 2>/dev/null || echo "unknown")
@@ -486,9 +525,12 @@ row() { # row NAME WHAT
   echo "| wrk | $wrk_v |"
   echo "| load average at start | $START_LOAD |"
   echo "| load average at end | $END_LOAD |"
+  echo "| Ed25519 signatures/s on one core (\`openssl speed -seconds 1 ed25519\`), at start / end | $START_SPEED / $END_SPEED |"
   echo
   echo "tokend, Redis and wrk share the machine. A load average well above the CPU count"
   echo "before a scenario means other work was running: such figures are not quotable."
+  echo "The signature rate measures the core itself: compare runs on different machines,"
+  echo "or at different times, only where it is about the same."
   echo
   echo "## Scenarios"
   echo
@@ -549,6 +591,20 @@ row() { # row NAME WHAT
   echo "| tokend RSS during the ceiling run, max sampled | $(( $(get rss.ceiling.max) / 1024 )) MiB |"
   echo "| live sessions in Redis after the mixed run | $(get redis.live_sessions) |"
   echo
+  if [ -s "$WORK/sched-rows" ]; then
+    echo "## Wake-up delays at the half rate (PROFILE=1)"
+    echo
+    echo "From \`perf sched\` over a ${SHORT}s repeat of the paced run at $HALF_RATE/s"
+    echo "(wrk p99 $(ms sched.p99_us) ms in that run):"
+    echo "each time a thread was woken, how long it waited for a CPU, in ms. A refresh"
+    echo "needs four wake-ups in turn: tokend's worker on the request, Redis on the script,"
+    echo "the worker on the reply, wrk on the answer."
+    echo
+    echo "| thread | wake-ups | p50 | p90 | p99 | max | over 0.5 ms |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    cat "$WORK/sched-rows"
+    echo
+  fi
   echo "## How each scenario runs"
   echo
   echo "- **ceiling**: tokend on the embedded store (\`TOKEND_REDIS_URL\` unset), so the"

@@ -135,4 +135,22 @@ fn smoke_run_of_the_load_test_completes_without_a_failed_request() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no figure in {script_row:?}"));
     assert!(micros > 0.0, "{script_row}");
+    // The machine's own speed is recorded, so that runs can be compared across machines.
+    if Command::new("openssl").arg("version").output().is_ok() {
+        let speed_row = report
+            .lines()
+            .find(|l| l.starts_with("| Ed25519 signatures/s on one core"))
+            .unwrap_or_else(|| panic!("no speed row:\n{report}"));
+        let rates: Vec<u64> = speed_row
+            .split('|')
+            .nth(2)
+            .unwrap_or_default()
+            .split('/')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        assert!(
+            rates.len() == 2 && rates.iter().all(|&r| r > 0),
+            "{speed_row}"
+        );
+    }
 }
