@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// Password hashes computed at once (default: half the CPUs, at least 1).
     #[arg(long, env = "TOKEND_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<String>,
+    /// Logins, registrations and password changes that may wait for a hashing slot
+    /// (default 128 per slot); more are refused with 429 at once.
+    #[arg(long, env = "TOKEND_HASH_QUEUE")]
+    pub hash_queue: Option<String>,
     /// Failed logins evaluated per account per window (default 10).
     #[arg(long, env = "TOKEND_LOGIN_MAX_FAILURES")]
     pub login_max_failures: Option<String>,

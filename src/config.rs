@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::ServeArgs;
-use crate::password::Cost;
+use crate::password::{Cost, DEFAULT_QUEUE_PER_SLOT};
 use crate::secret::Secret;
 use web::{WebArgs, WebConfig};
 
@@ -57,6 +57,8 @@ pub struct Config {
     pub argon2: Cost,
     /// Concurrent password hashes.
     pub hash_concurrency: usize,
+    /// Calls that may wait for a hashing slot.
+    pub hash_queue: usize,
     /// Failed logins per account per window (default 10).
     pub login_max_failures: u32,
     /// Failed logins per client IP per window (default 100).
@@ -280,6 +282,12 @@ impl Config {
             Some(p) if p.as_os_str().is_empty() => None,
             other => other.clone(),
         };
+        let hash_concurrency = field!(args.hash_concurrency, "TOKEND_HASH_CONCURRENCY").number(
+            u32::try_from(default_hash_concurrency()).unwrap_or(1),
+            1,
+            1024,
+            "a whole number from 1 to 1024",
+        )?;
 
         Ok(Self {
             listen: field!(args.listen, "TOKEND_LISTEN").addr("127.0.0.1:8080")?,
@@ -322,11 +330,12 @@ impl Config {
                 )?,
                 parallelism: 1,
             },
-            hash_concurrency: field!(args.hash_concurrency, "TOKEND_HASH_CONCURRENCY").number(
-                u32::try_from(default_hash_concurrency()).unwrap_or(1),
-                1,
-                1024,
-                "a whole number from 1 to 1024",
+            hash_concurrency: hash_concurrency as usize,
+            hash_queue: field!(args.hash_queue, "TOKEND_HASH_QUEUE").number(
+                hash_concurrency.saturating_mul(DEFAULT_QUEUE_PER_SLOT as u32),
+                0,
+                1_000_000,
+                "a whole number from 0 to 1000000",
             )? as usize,
             login_max_failures: field!(args.login_max_failures, "TOKEND_LOGIN_MAX_FAILURES")
                 .number(10, 1, 1_000_000, "a whole number from 1 to 1000000")?,
@@ -418,6 +427,27 @@ mod tests {
         let err = refusal(&args);
         assert!(err.contains("TOKEND_REDIS_URL"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn the_hashing_queue_defaults_to_a_multiple_of_the_slots() {
+        let args = ServeArgs {
+            hash_concurrency: Some("3".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(&args).expect("valid");
+        assert_eq!(config.hash_queue, 3 * DEFAULT_QUEUE_PER_SLOT);
+        let args = ServeArgs {
+            hash_concurrency: Some("3".into()),
+            hash_queue: Some("0".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(Config::from_args(&args).expect("valid").hash_queue, 0);
+        let err = refusal(&ServeArgs {
+            hash_queue: Some("-1".into()),
+            ..ServeArgs::default()
+        });
+        assert!(err.contains("TOKEND_HASH_QUEUE"), "{err}");
     }
 
     #[test]

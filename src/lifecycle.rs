@@ -130,7 +130,7 @@ pub enum LifecycleError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Password hashing failed (shutting down).
+    /// Password hashing refused (queue full) or failed (shutting down).
     #[error(transparent)]
     Password(PasswordError),
 }
@@ -293,6 +293,7 @@ impl Lifecycle {
             Err(LifecycleError::InvalidCredentials) => "invalid_credentials",
             Err(LifecycleError::InvalidRequest(_)) => "invalid_request",
             Err(LifecycleError::RateLimited(_)) => "rate_limited",
+            Err(LifecycleError::Password(PasswordError::Busy)) => "busy",
             Err(_) => "error",
         };
         metrics::counter!(m::LOGINS, "outcome" => label).increment(1);
@@ -338,10 +339,21 @@ impl Lifecycle {
         }
 
         let user = self.store.user_by_email(email.as_str()).await?;
-        let ok = self
+        let ok = match self
             .passwords
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await?;
+            .await
+        {
+            Err(PasswordError::Busy) => {
+                // Refused before any check: the attempt is given back.
+                self.store.release_limit(&account, false).await?;
+                if let Some(key) = &client {
+                    self.store.release_limit(key, false).await?;
+                }
+                return Err(PasswordError::Busy.into());
+            }
+            checked => checked?,
+        };
         let user = match user {
             Some(user) if ok => user,
             _ => return Err(LifecycleError::InvalidCredentials),
@@ -634,10 +646,19 @@ impl Lifecycle {
                 return Err(LifecycleError::RateLimited(retry));
             }
         }
-        let ok = self
+        let ok = match self
             .passwords
             .verify(current, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await?;
+            .await
+        {
+            Err(PasswordError::Busy) => {
+                if let Some(key) = &account {
+                    self.store.release_limit(key, false).await?;
+                }
+                return Err(PasswordError::Busy.into());
+            }
+            checked => checked?,
+        };
         if !ok {
             return Err(LifecycleError::InvalidCredentials);
         }

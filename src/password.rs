@@ -1,13 +1,16 @@
 //! Password hashing with argon2id, run on tokio's blocking threads behind a semaphore,
 //! so a burst of logins queues here instead of starving the async workers that serve
-//! refreshes. The queue and the running hashes are gauges, so a burst shows on the
-//! dashboard before it shows as login latency.
+//! refreshes. The queue is bounded: past it a call is refused at once
+//! ([`PasswordError::Busy`]) rather than left to wait longer than any client would. The
+//! queue and the running hashes are gauges, so a burst shows on the dashboard before
+//! it shows as login latency.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::metrics as m;
 use crate::secret::Secret;
@@ -16,6 +19,10 @@ use crate::secret::Secret;
 pub const MIN_LEN: usize = 8;
 /// Longest accepted password, in bytes; bounds the hashing work one request can ask for.
 pub const MAX_LEN: usize = 1024;
+/// Calls that may wait for a hashing slot, per slot, unless configured otherwise. At the
+/// default cost one slot computes a few dozen hashes a second, so a full queue is a wait
+/// of a few seconds: longer would outlast the clients' own timeouts.
+pub const DEFAULT_QUEUE_PER_SLOT: usize = 128;
 
 /// argon2id cost parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +57,9 @@ pub enum PasswordError {
     /// The blocking pool is gone (shutting down).
     #[error("password hashing pool unavailable")]
     PoolClosed,
+    /// Every slot is busy and the queue is full: nothing was hashed.
+    #[error("too many password checks are waiting")]
+    Busy,
 }
 
 /// Hashes and verifies passwords on a bounded pool.
@@ -57,6 +67,9 @@ pub enum PasswordError {
 pub struct PasswordHasher {
     params: Params,
     permits: Arc<Semaphore>,
+    /// Calls waiting for a permit now, and how many may.
+    waiting: Arc<AtomicUsize>,
+    queue_limit: usize,
     /// A real hash of a random password, verified against when the email is unknown
     /// so that unknown and known emails cost the same.
     dummy_hash: Arc<str>,
@@ -67,6 +80,8 @@ impl std::fmt::Debug for PasswordHasher {
         f.debug_struct("PasswordHasher")
             .field("params", &self.params)
             .field("available_permits", &self.permits.available_permits())
+            .field("waiting", &self.waiting.load(Ordering::Relaxed))
+            .field("queue_limit", &self.queue_limit)
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +102,8 @@ fn hash_blocking(params: &Params, password: &[u8]) -> String {
 }
 
 impl PasswordHasher {
-    /// A hasher with `cost`, running at most `concurrency` hashes at once.
+    /// A hasher with `cost`, running at most `concurrency` hashes at once, with up to
+    /// [`DEFAULT_QUEUE_PER_SLOT`] calls per slot waiting (see [`Self::with_queue_limit`]).
     ///
     /// # Errors
     /// [`PasswordError::Params`] if argon2 refuses the cost parameters.
@@ -103,8 +119,18 @@ impl PasswordHasher {
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue_limit: concurrency.max(1).saturating_mul(DEFAULT_QUEUE_PER_SLOT),
             dummy_hash,
         })
+    }
+
+    /// At most `limit` calls wait for a slot; further ones fail with
+    /// [`PasswordError::Busy`] at once. With 0, a call finding every slot busy fails.
+    #[must_use]
+    pub fn with_queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = limit;
+        self
     }
 
     /// Checks the length rule of the HTTP contract.
@@ -123,7 +149,8 @@ impl PasswordHasher {
     /// Hashes a password (PHC string).
     ///
     /// # Errors
-    /// [`PasswordError::PoolClosed`] while shutting down.
+    /// [`PasswordError::Busy`] when the queue is full, [`PasswordError::PoolClosed`]
+    /// while shutting down.
     pub async fn hash(&self, password: &Secret) -> Result<String, PasswordError> {
         let params = self.params.clone();
         let password = password.clone();
@@ -135,7 +162,8 @@ impl PasswordHasher {
     /// hash and answers `false`, costing the same as a real check.
     ///
     /// # Errors
-    /// [`PasswordError::PoolClosed`] while shutting down.
+    /// [`PasswordError::Busy`] when the queue is full, [`PasswordError::PoolClosed`]
+    /// while shutting down.
     pub async fn verify(
         &self,
         password: &Secret,
@@ -167,14 +195,23 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let queued = GaugeGuard::enter(m::PASSWORD_HASHES_QUEUED);
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| PasswordError::PoolClosed)?;
-        drop(queued);
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(PasswordError::PoolClosed),
+            Err(TryAcquireError::NoPermits) => {
+                let place =
+                    QueuePlace::take(&self.waiting, self.queue_limit).ok_or(PasswordError::Busy)?;
+                let queued = GaugeGuard::enter(m::PASSWORD_HASHES_QUEUED);
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| PasswordError::PoolClosed)?;
+                drop((queued, place));
+                permit
+            }
+        };
 
         let running = GaugeGuard::enter(m::PASSWORD_HASHES_IN_FLIGHT);
         tokio::task::spawn_blocking(move || {
@@ -186,6 +223,27 @@ impl PasswordHasher {
         })
         .await
         .map_err(|_| PasswordError::PoolClosed)
+    }
+}
+
+/// A place in the queue for a slot, given back on drop (cancellation included).
+struct QueuePlace(Arc<AtomicUsize>);
+
+impl QueuePlace {
+    /// A place if fewer than `limit` calls are waiting.
+    fn take(waiting: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(waiting.clone()))
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -240,6 +298,91 @@ mod tests {
         let hasher = cheap();
         let pw = Secret::new("anything at all");
         assert!(!hasher.verify(&pw, None).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_frees_its_places() {
+        let hasher = cheap().with_queue_limit(1);
+        // Both slots held by work that waits for a signal.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let hold = Arc::new(std::sync::Mutex::new(hold));
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let (h, hold) = (hasher.clone(), hold.clone());
+            holders.push(tokio::spawn(async move {
+                h.run(move || {
+                    let _ = hold.lock().expect("lock").recv();
+                })
+                .await
+            }));
+        }
+        while hasher.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // One call may wait; the next is refused without hashing anything.
+        let pw = Secret::new("correct horse battery");
+        let queued = {
+            let h = hasher.clone();
+            let pw = pw.clone();
+            tokio::spawn(async move { h.hash(&pw).await })
+        };
+        while hasher.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(hasher.hash(&pw).await, Err(PasswordError::Busy)));
+        assert!(matches!(
+            hasher.verify(&pw, None).await,
+            Err(PasswordError::Busy)
+        ));
+
+        release.send(()).expect("holder");
+        release.send(()).expect("holder");
+        for holder in holders {
+            holder.await.expect("join").expect("held slot");
+        }
+        let hash = queued.await.expect("join").expect("the queued call ran");
+        assert!(hasher.verify(&pw, Some(&hash)).await.expect("verify"));
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_leaves_the_queue() {
+        let hasher = cheap().with_queue_limit(1);
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let hold = Arc::new(std::sync::Mutex::new(hold));
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let (h, hold) = (hasher.clone(), hold.clone());
+            holders.push(tokio::spawn(async move {
+                h.run(move || {
+                    let _ = hold.lock().expect("lock").recv();
+                })
+                .await
+            }));
+        }
+        while hasher.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let pw = Secret::new("correct horse battery");
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(20), hasher.hash(&pw)).await;
+        assert!(gave_up.is_err(), "the call waited for a slot");
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+        // Its place is free again: the next caller may wait instead of being refused.
+        let queued = {
+            let h = hasher.clone();
+            let pw = pw.clone();
+            tokio::spawn(async move { h.hash(&pw).await })
+        };
+        while hasher.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).expect("holder");
+        release.send(()).expect("holder");
+        for holder in holders {
+            holder.await.expect("join").expect("held slot");
+        }
+        assert!(queued.await.expect("join").is_ok());
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub async fn build_state_on(
 
     let lifecycle = Lifecycle::new(
         store,
-        PasswordHasher::new(config.argon2, config.hash_concurrency)?,
+        PasswordHasher::new(config.argon2, config.hash_concurrency)?
+            .with_queue_limit(config.hash_queue),
         TokenHasher::new(keyring.token_secret()),
         AccessSigner::new(
             keyring.clone(),
@@ -157,6 +158,7 @@ pub async fn build_state_on(
         argon2_memory_kib = config.argon2.memory_kib,
         argon2_iterations = config.argon2.iterations,
         hash_concurrency = config.hash_concurrency,
+        hash_queue = config.hash_queue,
         "configured"
     );
     let cors_origins = config

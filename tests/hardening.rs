@@ -837,3 +837,76 @@ async fn a_login_flood_queues_on_the_hashing_pool() {
         "a refresh took {slowest:?} while 40 logins took {flood_took:?}"
     );
 }
+
+/// Past the hashing queue a login is refused at once with 429 and `Retry-After`, and
+/// the refusal costs the account nothing: no password was checked, so the attempt is
+/// given back and the right password still logs in afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_past_the_hashing_queue_is_refused_at_once_without_counting() {
+    let mut args = test_args(&Backend::Memory);
+    // A slow hash, one slot and no queue: while one login hashes, others are refused.
+    args.argon2_memory_kib = Some("65536".into());
+    args.argon2_iterations = Some("8".into());
+    args.hash_concurrency = Some("1".into());
+    args.hash_queue = Some("0".into());
+    args.login_max_failures = Some("3".into());
+    let app = TestApp::start(args).await;
+    let (email, password) = app.user().await;
+
+    let holder_sent = Instant::now();
+    let holder = {
+        let (http, url) = (app.http.clone(), app.url("/v1/auth/login"));
+        tokio::spawn(async move {
+            let body = json!({"email": "someone-else@example.com", "password": "wrong password"});
+            let r = common::Reply::read(http.post(url).json(&body).send().await).await;
+            (r, holder_sent.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut refused = 0;
+    let mut slowest_refusal = Duration::ZERO;
+    while !holder.is_finished() {
+        let sent = Instant::now();
+        let r = app
+            .post(
+                "/v1/auth/login",
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        if r.status == 200 {
+            // The holder's hash ended between the check and this login.
+            break;
+        }
+        assert_eq!(r.status, 429, "{:?}", r.body);
+        assert_eq!(r.body["error"], "rate_limited");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("being checked")),
+            "{:?}",
+            r.body
+        );
+        assert_eq!(r.headers["retry-after"], "1");
+        slowest_refusal = slowest_refusal.max(sent.elapsed());
+        refused += 1;
+    }
+    let (held, hashing) = holder.await.expect("holder");
+    assert_eq!(held.status, 401);
+    // Refused at once, not after waiting for the slot.
+    assert!(
+        slowest_refusal < hashing / 4,
+        "a refusal took {slowest_refusal:?}, the one login hashing {hashing:?}"
+    );
+    assert!(
+        refused > 3,
+        "only {refused} logins were refused while one hash ran: the test proves nothing"
+    );
+    // More refusals than the account's limit of 3, and still the right password works.
+    let r = app
+        .post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}

@@ -37,6 +37,9 @@ pub enum ApiError {
     HeadersTooLarge,
     /// 429: too many login attempts; retry after this many seconds.
     RateLimited(u64),
+    /// 429 (code `rate_limited`): more passwords waiting to be checked than the
+    /// hashing queue holds; retry after a second.
+    Busy,
     /// 503: the session store cannot be reached.
     Unavailable,
     /// 500: a bug; the detail is logged where it happened.
@@ -100,6 +103,11 @@ impl ApiError {
                 "rate_limited",
                 "too many login attempts; retry later",
             ),
+            ApiError::Busy => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many passwords are being checked right now; retry shortly",
+            ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -123,8 +131,14 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let ApiError::RateLimited(secs) = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        match self {
+            ApiError::RateLimited(secs) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            ApiError::Busy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -210,6 +224,10 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::RateLimited(ms) => ApiError::RateLimited(ms.div_ceil(1000)),
             LifecycleError::Store(e) => e.into(),
             LifecycleError::Password(PasswordError::PoolClosed) => ApiError::Unavailable,
+            LifecycleError::Password(PasswordError::Busy) => {
+                tracing::debug!("password hashing queue full");
+                ApiError::Busy
+            }
             LifecycleError::Password(e) => {
                 tracing::error!(error = %e, "password hashing failed");
                 ApiError::Internal
