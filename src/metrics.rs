@@ -148,6 +148,7 @@ fn zero_series() {
         "invalid_credentials",
         "invalid_request",
         "rate_limited",
+        "busy",
         "error",
     ] {
         metrics::counter!(LOGINS, "outcome" => outcome).increment(0);

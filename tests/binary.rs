@@ -113,6 +113,7 @@ async fn the_binary_serves_a_full_session_that_survives_a_restart() {
         r#"tokend_refresh_total{outcome="reused"} 0"#,
         r#"tokend_refresh_total{outcome="ok"} 0"#,
         r#"tokend_login_total{outcome="rate_limited"} 0"#,
+        r#"tokend_login_total{outcome="busy"} 0"#,
         r#"tokend_login_total{outcome="invalid_credentials"} 0"#,
         r#"tokend_logout_total{scope="all",outcome="revoked"} 0"#,
         "tokend_registrations_total 0",
