@@ -294,8 +294,12 @@ UA="Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 # scenarios at less than half its usual speed when its host was busy, and this figure
 # tells such a run apart from a slower tokend.
 signs_per_s() {
-  command -v openssl >/dev/null || { echo "n/a"; return; }
-  openssl speed -seconds 1 ed25519 2>/dev/null | awk '/Ed25519/ { printf "%.0f", $(NF - 1) }'
+  local rate=""
+  if command -v openssl >/dev/null; then
+    rate=$(openssl speed -seconds 1 ed25519 2>/dev/null |
+      awk '/Ed25519/ { printf "%.0f", $(NF - 1) }' || true)
+  fi
+  echo "${rate:-n/a}"
 }
 START_SPEED=$(signs_per_s)
 START_LOAD=$(cat /proc/loadavg)
@@ -417,12 +421,17 @@ if [ "${PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
   wait "$PERF" || true
   R[sched.p99_us]=$(grep '^RESULT ' "$RAW/refresh_half-sched.txt" | tr ' ' '\n' |
     awk -F= '$1 == "p99_us" { print $2 }' || true)
-  # One line per wake-up: the thread's name without its number (worker-0 -> worker)
-  # and its scheduling delay in ms.
-  perf sched timehist -i "$RAW/sched.data" 2>/dev/null | awk '$1 ~ /^[0-9]+\.[0-9]+$/ && NF >= 6 {
+  # One line per wake-up of tokend's, Redis's or wrk's threads: the thread's name
+  # without its number (worker-0 -> worker) and its scheduling delay in ms. perf
+  # records the whole machine; the process id (after the `/` of `[tid/pid]`, or the
+  # sole id of a single-threaded process) keeps other processes' threads out.
+  perf sched timehist -i "$RAW/sched.data" 2>/dev/null | awk -v tokend="$TOKEND_PID" \
+    -v redis="$REDIS_PID" '$1 ~ /^[0-9]+\.[0-9]+$/ && NF >= 6 {
     name = $3; for (i = 4; i <= NF - 3; i++) name = name " " $i
+    id = name; sub(/^.*\[/, "", id); sub(/\]$/, "", id); sub(/^.*\//, "", id)
     sub(/\[[0-9\/]+\]$/, "", name); sub(/-[0-9]+$/, "", name)
-    print name "\t" $(NF - 1) }' >"$WORK/delays" || true
+    if (id == tokend || id == redis || name == "wrk") print name "\t" $(NF - 1) }' \
+    >"$WORK/delays" || true
   for task in worker acceptor redis-server wrk; do
     awk -F'\t' -v t="$task" '$1 == t { print $2 }' "$WORK/delays" | sort -n |
       awk -v t="$task" '{ v[NR] = $1; if ($1 > 0.5) slow++ }

@@ -345,10 +345,10 @@ impl Lifecycle {
             .await
         {
             Err(PasswordError::Busy) => {
-                // Refused before any check: the attempt is given back.
-                self.store.release_limit(&account, false).await?;
+                // Refused before any check: the attempts are given back.
+                self.give_back(&account).await;
                 if let Some(key) = &client {
-                    self.store.release_limit(key, false).await?;
+                    self.give_back(key).await;
                 }
                 return Err(PasswordError::Busy.into());
             }
@@ -393,6 +393,15 @@ impl Lifecycle {
             return Err(LifecycleError::InvalidCredentials);
         }
         Ok(self.issue(token, now, expires, absolute))
+    }
+
+    /// Gives back one attempt counted against `key` for a call refused before its
+    /// password was checked. Best effort: if the store fails now, the attempt stays
+    /// counted (the limit errs on the safe side) and the caller still gets its answer.
+    async fn give_back(&self, key: &LimitKey) {
+        if let Err(e) = self.store.release_limit(key, false).await {
+            tracing::debug!(error = %e, "a refused attempt could not be given back");
+        }
     }
 
     fn issue(
@@ -653,7 +662,7 @@ impl Lifecycle {
         {
             Err(PasswordError::Busy) => {
                 if let Some(key) = &account {
-                    self.store.release_limit(key, false).await?;
+                    self.give_back(key).await;
                 }
                 return Err(PasswordError::Busy.into());
             }

@@ -20,8 +20,9 @@ pub const MIN_LEN: usize = 8;
 /// Longest accepted password, in bytes; bounds the hashing work one request can ask for.
 pub const MAX_LEN: usize = 1024;
 /// Calls that may wait for a hashing slot, per slot, unless configured otherwise. At the
-/// default cost one slot computes a few dozen hashes a second, so a full queue is a wait
-/// of a few seconds: longer would outlast the clients' own timeouts.
+/// default cost one slot of a current server core computes about 50 hashes a second, so
+/// a full queue is a wait of two to three seconds (more on a slower core): longer would
+/// outlast many clients' own timeouts.
 pub const DEFAULT_QUEUE_PER_SLOT: usize = 128;
 
 /// argon2id cost parameters.

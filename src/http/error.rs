@@ -2,7 +2,9 @@
 //! `{"error": code, "message": sentence}` with the status of the contract's table.
 //! Internal detail goes to the log, never into a body.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -156,14 +158,24 @@ static UNAVAILABLE_LOG: LogThrottle = LogThrottle::new();
 
 /// Lets one warning through per [`UNAVAILABLE_WARN_EVERY_S`], counting the rest.
 struct LogThrottle {
+    /// Seconds on the process's monotonic clock of the last warning; `NEVER` before it.
     last_s: AtomicU64,
     skipped: AtomicU64,
+}
+
+const NEVER: u64 = u64::MAX;
+
+/// Whole seconds since the first call, on a clock that never steps back (the wall
+/// clock can, and would then silence the warning until it caught up).
+fn monotonic_s() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs()
 }
 
 impl LogThrottle {
     const fn new() -> Self {
         Self {
-            last_s: AtomicU64::new(0),
+            last_s: AtomicU64::new(NEVER),
             skipped: AtomicU64::new(0),
         }
     }
@@ -171,7 +183,7 @@ impl LogThrottle {
     /// `Some(calls held back since the last warning)` if this one is to warn.
     fn pass(&self, now_s: u64) -> Option<u64> {
         let last = self.last_s.load(Ordering::Relaxed);
-        if now_s.saturating_sub(last) >= UNAVAILABLE_WARN_EVERY_S
+        if (last == NEVER || now_s.saturating_sub(last) >= UNAVAILABLE_WARN_EVERY_S)
             && self
                 .last_s
                 .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
@@ -188,10 +200,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(detail) => {
-                let now_s = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                match UNAVAILABLE_LOG.pass(now_s) {
+                match UNAVAILABLE_LOG.pass(monotonic_s()) {
                     Some(skipped) => tracing::warn!(
                         error = %detail,
                         unlogged_since_last = skipped,
@@ -242,6 +251,9 @@ mod tests {
 
     #[test]
     fn an_outage_warns_once_per_period_and_counts_the_rest() {
+        let throttle = LogThrottle::new();
+        assert_eq!(throttle.pass(0), Some(0), "the first failure warns at once");
+        assert_eq!(throttle.pass(1), None);
         let throttle = LogThrottle::new();
         assert_eq!(throttle.pass(1_000), Some(0), "the first failure warns");
         assert_eq!(throttle.pass(1_001), None);
