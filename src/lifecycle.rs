@@ -339,21 +339,13 @@ impl Lifecycle {
         }
 
         let user = self.store.user_by_email(email.as_str()).await?;
-        let ok = match self
-            .passwords
-            .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await
-        {
-            Err(PasswordError::Busy) => {
-                // Refused before any check: the attempts are given back.
-                self.give_back(&account).await;
-                if let Some(key) = &client {
-                    self.give_back(key).await;
-                }
-                return Err(PasswordError::Busy.into());
-            }
-            checked => checked?,
-        };
+        let ok = self
+            .verify_counted(
+                password,
+                user.as_ref().map(|u| u.password_hash.as_str()),
+                [Some(&account), client.as_ref()],
+            )
+            .await?;
         let user = match user {
             Some(user) if ok => user,
             _ => return Err(LifecycleError::InvalidCredentials),
@@ -395,12 +387,26 @@ impl Lifecycle {
         Ok(self.issue(token, now, expires, absolute))
     }
 
-    /// Gives back one attempt counted against `key` for a call refused before its
-    /// password was checked. Best effort: if the store fails now, the attempt stays
-    /// counted (the limit errs on the safe side) and the caller still gets its answer.
-    async fn give_back(&self, key: &LimitKey) {
-        if let Err(e) = self.store.release_limit(key, false).await {
-            tracing::debug!(error = %e, "a refused attempt could not be given back");
+    /// Verifies a password whose attempt was counted against `counted`. If the hashing
+    /// queue refuses it, no password was checked, so each attempt is given back. Best
+    /// effort: if the store fails now, that attempt stays counted (the limit errs on the
+    /// safe side) and the caller still gets its answer.
+    async fn verify_counted(
+        &self,
+        password: &Secret,
+        hash: Option<&str>,
+        counted: [Option<&LimitKey>; 2],
+    ) -> Result<bool> {
+        match self.passwords.verify(password, hash).await {
+            Err(PasswordError::Busy) => {
+                for key in counted.into_iter().flatten() {
+                    if let Err(e) = self.store.release_limit(key, false).await {
+                        tracing::debug!(error = %e, "a refused attempt could not be given back");
+                    }
+                }
+                Err(PasswordError::Busy.into())
+            }
+            checked => Ok(checked?),
         }
     }
 
@@ -655,19 +661,13 @@ impl Lifecycle {
                 return Err(LifecycleError::RateLimited(retry));
             }
         }
-        let ok = match self
-            .passwords
-            .verify(current, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await
-        {
-            Err(PasswordError::Busy) => {
-                if let Some(key) = &account {
-                    self.give_back(key).await;
-                }
-                return Err(PasswordError::Busy.into());
-            }
-            checked => checked?,
-        };
+        let ok = self
+            .verify_counted(
+                current,
+                user.as_ref().map(|u| u.password_hash.as_str()),
+                [account.as_ref(), None],
+            )
+            .await?;
         if !ok {
             return Err(LifecycleError::InvalidCredentials);
         }

@@ -202,14 +202,13 @@ impl PasswordHasher {
             Err(TryAcquireError::NoPermits) => {
                 let place =
                     QueuePlace::take(&self.waiting, self.queue_limit).ok_or(PasswordError::Busy)?;
-                let queued = GaugeGuard::enter(m::PASSWORD_HASHES_QUEUED);
                 let permit = self
                     .permits
                     .clone()
                     .acquire_owned()
                     .await
                     .map_err(|_| PasswordError::PoolClosed)?;
-                drop((queued, place));
+                drop(place);
                 permit
             }
         };
@@ -227,8 +226,12 @@ impl PasswordHasher {
     }
 }
 
-/// A place in the queue for a slot, given back on drop (cancellation included).
-struct QueuePlace(Arc<AtomicUsize>);
+/// A place in the queue for a slot, counted in the queue gauge too; given back on
+/// drop (cancellation included).
+struct QueuePlace {
+    waiting: Arc<AtomicUsize>,
+    _gauge: GaugeGuard,
+}
 
 impl QueuePlace {
     /// A place if fewer than `limit` calls are waiting.
@@ -238,13 +241,16 @@ impl QueuePlace {
                 (n < limit).then_some(n + 1)
             })
             .ok()
-            .map(|_| Self(waiting.clone()))
+            .map(|_| Self {
+                waiting: waiting.clone(),
+                _gauge: GaugeGuard::enter(m::PASSWORD_HASHES_QUEUED),
+            })
     }
 }
 
 impl Drop for QueuePlace {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -301,46 +307,62 @@ mod tests {
         assert!(!hasher.verify(&pw, None).await.expect("verify"));
     }
 
-    #[tokio::test]
-    async fn a_full_queue_refuses_at_once_and_frees_its_places() {
-        let hasher = cheap().with_queue_limit(1);
-        // Both slots held by work that waits for a signal.
+    /// Every slot of `hasher` held by blocking work until the returned call lets go.
+    async fn hold_every_slot(hasher: &PasswordHasher) -> impl AsyncFnOnce() {
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let hold = Arc::new(std::sync::Mutex::new(hold));
-        let mut holders = Vec::new();
-        for _ in 0..2 {
-            let (h, hold) = (hasher.clone(), hold.clone());
-            holders.push(tokio::spawn(async move {
-                h.run(move || {
-                    let _ = hold.lock().expect("lock").recv();
+        let slots = hasher.available_permits();
+        let holders: Vec<_> = (0..slots)
+            .map(|_| {
+                let (h, hold) = (hasher.clone(), hold.clone());
+                tokio::spawn(async move {
+                    h.run(move || {
+                        let _ = hold.lock().expect("lock").recv();
+                    })
+                    .await
                 })
-                .await
-            }));
-        }
+            })
+            .collect();
         while hasher.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
-        // One call may wait; the next is refused without hashing anything.
-        let pw = Secret::new("correct horse battery");
-        let queued = {
-            let h = hasher.clone();
-            let pw = pw.clone();
-            tokio::spawn(async move { h.hash(&pw).await })
-        };
+        async move || {
+            for _ in 0..slots {
+                release.send(()).expect("holder");
+            }
+            for holder in holders {
+                holder.await.expect("join").expect("held slot");
+            }
+        }
+    }
+
+    /// A hash of `pw` that waits in the queue; returns once it is waiting.
+    async fn queue_one(
+        hasher: &PasswordHasher,
+        pw: &Secret,
+    ) -> tokio::task::JoinHandle<Result<String, PasswordError>> {
+        let (h, pw) = (hasher.clone(), pw.clone());
+        let queued = tokio::spawn(async move { h.hash(&pw).await });
         while hasher.waiting.load(Ordering::Acquire) == 0 {
             tokio::task::yield_now().await;
         }
+        queued
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_frees_its_places() {
+        let hasher = cheap().with_queue_limit(1);
+        let release = hold_every_slot(&hasher).await;
+        // One call may wait; the next is refused without hashing anything.
+        let pw = Secret::new("correct horse battery");
+        let queued = queue_one(&hasher, &pw).await;
         assert!(matches!(hasher.hash(&pw).await, Err(PasswordError::Busy)));
         assert!(matches!(
             hasher.verify(&pw, None).await,
             Err(PasswordError::Busy)
         ));
 
-        release.send(()).expect("holder");
-        release.send(()).expect("holder");
-        for holder in holders {
-            holder.await.expect("join").expect("held slot");
-        }
+        release().await;
         let hash = queued.await.expect("join").expect("the queued call ran");
         assert!(hasher.verify(&pw, Some(&hash)).await.expect("verify"));
         assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
@@ -349,40 +371,15 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_gives_up_leaves_the_queue() {
         let hasher = cheap().with_queue_limit(1);
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let hold = Arc::new(std::sync::Mutex::new(hold));
-        let mut holders = Vec::new();
-        for _ in 0..2 {
-            let (h, hold) = (hasher.clone(), hold.clone());
-            holders.push(tokio::spawn(async move {
-                h.run(move || {
-                    let _ = hold.lock().expect("lock").recv();
-                })
-                .await
-            }));
-        }
-        while hasher.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
+        let release = hold_every_slot(&hasher).await;
         let pw = Secret::new("correct horse battery");
         let gave_up =
             tokio::time::timeout(std::time::Duration::from_millis(20), hasher.hash(&pw)).await;
         assert!(gave_up.is_err(), "the call waited for a slot");
         assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
         // Its place is free again: the next caller may wait instead of being refused.
-        let queued = {
-            let h = hasher.clone();
-            let pw = pw.clone();
-            tokio::spawn(async move { h.hash(&pw).await })
-        };
-        while hasher.waiting.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        release.send(()).expect("holder");
-        release.send(()).expect("holder");
-        for holder in holders {
-            holder.await.expect("join").expect("held slot");
-        }
+        let queued = queue_one(&hasher, &pw).await;
+        release().await;
         assert!(queued.await.expect("join").is_ok());
     }
 

@@ -130,14 +130,11 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(Body { error, message })).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
         match self {
             ApiError::RateLimited(secs) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
-            ApiError::Busy => {
+            ApiError::Busy | ApiError::Unavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
